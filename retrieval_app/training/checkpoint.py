@@ -1,0 +1,186 @@
+"""Checkpoints in `models/<name>/` and the one function that turns a model spec (a
+checkpoint or a bare backbone name) into a ready embedding network.
+
+Files (all written atomically):
+- `model.pt`   the kept model: config, weights, class names, metrics (no optimizer);
+- `last.pt`    the latest epoch with optimizer state and history, for resuming;
+- `history.json`, `summary.json`  human-readable metrics.
+Every `.pt` is loaded with `torch.load(weights_only=True)`: a checkpoint is data, never code.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..atomic import atomic_torch_save
+from ..errors import CheckpointError, ModelError
+from ..paths import models_dir
+
+CHECKPOINT_FORMAT = 1
+MODEL_FILE = "model.pt"
+LAST_FILE = "last.pt"
+HISTORY_FILE = "history.json"
+SUMMARY_FILE = "summary.json"
+
+
+def save_model(path: str | Path, net, *, classes: list[str], train_config: dict, metrics: dict, epoch: int) -> Path:
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "kind": "model",
+        "config": net.config(),
+        "state_dict": _cpu_state_dict(net),
+        "classes": list(classes),
+        "train": dict(train_config),
+        "metrics": dict(metrics),
+        "epoch": int(epoch),
+        "saved_at": time.time(),
+    }
+    return atomic_torch_save(payload, path)
+
+
+def save_training_state(path: str | Path, net, optimizer, *, epoch: int, history: list[dict], best: dict, train_config: dict, classes: list[str]) -> Path:
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "kind": "training_state",
+        "config": net.config(),
+        "state_dict": _cpu_state_dict(net),
+        "optimizer": optimizer.state_dict(),
+        "epoch": int(epoch),
+        "history": history,
+        "best": best,
+        "train": dict(train_config),
+        "classes": list(classes),
+        "saved_at": time.time(),
+    }
+    return atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint file (weights only, never pickled code) and check its format."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "state_dict" not in payload:
+        raise CheckpointError(f"{path} is not a retrieval-app checkpoint (unknown format)")
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any]):
+    from ..networks import model_from_config
+
+    net = model_from_config(payload["config"])
+    try:
+        net.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint weights do not fit its model config: {exc}") from exc
+    return net
+
+
+def is_backbone_name(spec: str | Path) -> bool:
+    from ..networks import list_models
+
+    return isinstance(spec, str) and spec in list_models()
+
+
+def resolve_checkpoint_path(spec: str | Path) -> Path:
+    """A folder holding model.pt, a .pt file, or a name under models/."""
+    candidates = [Path(spec).expanduser()]
+    if not Path(spec).is_absolute():
+        candidates.append(models_dir() / str(spec))
+    for candidate in candidates:
+        if candidate.is_dir() and (candidate / MODEL_FILE).is_file():
+            return candidate / MODEL_FILE
+        if candidate.is_file():
+            return candidate
+    raise ModelError(_unknown_model_message(spec))
+
+
+def _unknown_model_message(spec) -> str:
+    from ..networks import list_models
+
+    return (
+        f"'{spec}' is neither a checkpoint (a folder with {MODEL_FILE}, or a .pt file) "
+        f"nor a backbone name ({', '.join(list_models())})"
+    )
+
+
+def load_embedder(spec: str | Path, *, device: str | torch.device | None = None):
+    """A checkpoint → its trained network; a bare backbone name → its pretrained pooled
+    features with no head, L2-normalised (the honest "before" of any fine-tuning)."""
+    from ..networks import create_model
+
+    if is_backbone_name(spec):
+        net = create_model(str(spec), head=None, normalize=True, pretrained=True)
+    else:
+        net = model_from_checkpoint(load_checkpoint(resolve_checkpoint_path(spec)))
+    net.eval()
+    if device is not None:
+        net.to(device)
+    return net
+
+
+def checkpoint_distance(spec: str | Path) -> str:
+    """The distance a model was trained with (what its neighbours should be ranked by)."""
+    if is_backbone_name(spec):
+        return "euclidean"
+    payload = load_checkpoint(resolve_checkpoint_path(spec))
+    return str(payload.get("train", {}).get("distance", "euclidean"))
+
+
+@dataclass
+class CheckpointInfo:
+    name: str
+    path: Path
+    metrics: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    created: float = 0.0
+
+
+def list_checkpoints(root: str | Path | None = None) -> list[CheckpointInfo]:
+    """Checkpoints under `root` (default models/), newest first; unreadable ones are skipped."""
+    root = Path(root) if root is not None else models_dir()
+    found = []
+    if not root.is_dir():
+        return found
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            payload = load_checkpoint(folder / MODEL_FILE)
+        except CheckpointError:
+            continue
+        found.append(
+            CheckpointInfo(
+                name=folder.name,
+                path=folder,
+                metrics=payload.get("metrics", {}),
+                config=payload.get("config", {}),
+                train=payload.get("train", {}),
+                created=float(payload.get("saved_at", folder.stat().st_mtime)),
+            )
+        )
+    return sorted(found, key=lambda info: info.created, reverse=True)
+
+
+def delete_checkpoint(path: str | Path, *, root: str | Path | None = None) -> None:
+    """Remove one checkpoint folder; refuses anything that is not a folder directly in `root`."""
+    root = (Path(root) if root is not None else models_dir()).resolve()
+    folder = Path(path).resolve()
+    if folder.parent != root or not (folder / MODEL_FILE).is_file():
+        raise CheckpointError(f"refusing to delete {path}: not a checkpoint folder in {root}")
+    shutil.rmtree(folder)
+
+
+def _cpu_state_dict(net) -> dict[str, torch.Tensor]:
+    return {key: value.detach().cpu().clone() for key, value in net.state_dict().items()}

@@ -1,0 +1,121 @@
+"""Everything a training run needs to know, as one serialisable dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import RetrievalAppError
+
+MODES = ("auto", "quick", "full")
+REDUCTIONS = ("mean", "sum")
+# Backbones without pretrained weights can only be trained end to end.
+FROM_SCRATCH_BACKBONES = ("small_cnn",)
+DEFAULT_EPOCHS = {"quick": 30, "full": 10}
+# With a time budget alone the budget decides; epochs are then effectively unbounded.
+EPOCHS_UNDER_BUDGET = 1_000_000
+
+
+@dataclass
+class TrainConfig:
+    folder: str
+    out_dir: str
+    backbone: str = "efficientnet_lite0"
+    mode: str = "auto"  # quick: frozen backbone, cached features, head only; full: end to end
+    dim: int = 128
+    normalize: bool = True
+    head: str = "linear"
+    weights: str | None = None  # local backbone weights file (offline ResNets)
+    distance: str = "euclidean"
+    margin: float = 0.2
+    mining: str = "batch_all"
+    reduction: str = "mean"
+    epochs: int | None = None
+    time_budget: float | None = None  # seconds
+    batch_size: int = 64
+    samples_per_class: int = 4  # K of the P×K sampler
+    lr: float | None = None  # None: a per-mode default
+    weight_decay: float = 0.0
+    patience: int | None = 8  # epochs without a better validation score before stopping
+    val_fraction: float = 0.2
+    unseen_class_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision on CUDA only
+    num_workers: int | None = None
+    resume: bool = False
+
+    def resolved_mode(self) -> str:
+        if self.mode != "auto":
+            return self.mode
+        return "full" if self.backbone in FROM_SCRATCH_BACKBONES else "quick"
+
+    def resolved_epochs(self) -> int:
+        if self.epochs is not None:
+            return self.epochs
+        if self.time_budget is not None:
+            return EPOCHS_UNDER_BUDGET
+        return DEFAULT_EPOCHS[self.resolved_mode()]
+
+    def resolved_patience(self) -> int | None:
+        # "--time-budget alone": the budget decides when to stop, not early stopping.
+        if self.time_budget is not None and self.epochs is None:
+            return None
+        return self.patience
+
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        if self.backbone in FROM_SCRATCH_BACKBONES:
+            return 1e-3
+        return 1e-3 if self.resolved_mode() == "quick" else 1e-4
+
+    def validate(self) -> "TrainConfig":
+        from ..losses import MINING_STRATEGIES
+        from ..losses.distances import get_distance
+        from ..networks import list_models
+
+        problems = []
+        if self.backbone not in list_models():
+            problems.append(f"unknown backbone '{self.backbone}' (choose from {', '.join(list_models())})")
+        if self.mode not in MODES:
+            problems.append(f"mode must be one of {', '.join(MODES)}")
+        if self.mode == "quick" and self.backbone in FROM_SCRATCH_BACKBONES:
+            problems.append(f"{self.backbone} has no pretrained weights; quick mode needs a pretrained backbone (use --mode full)")
+        if self.mining not in MINING_STRATEGIES:
+            problems.append(f"mining must be one of {', '.join(MINING_STRATEGIES)}")
+        if self.reduction not in REDUCTIONS:
+            problems.append("reduction must be 'mean' or 'sum'")
+        try:
+            get_distance(self.distance)
+        except Exception as exc:  # the distance registry words its own message
+            problems.append(str(exc))
+        for name, value, low in (("dim", self.dim, 1), ("batch_size", self.batch_size, 4), ("samples_per_class", self.samples_per_class, 2)):
+            if value < low:
+                problems.append(f"{name} must be at least {low}")
+        if self.margin < 0:
+            problems.append("margin must not be negative")
+        if self.epochs is not None and self.epochs < 1:
+            problems.append("epochs must be at least 1")
+        if self.time_budget is not None and self.time_budget <= 0:
+            problems.append("time budget must be a positive number of seconds")
+        if self.lr is not None and self.lr <= 0:
+            problems.append("learning rate must be positive")
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.unseen_class_fraction < 1:
+            problems.append("validation fractions must be in [0, 1)")
+        if problems:
+            raise RetrievalAppError("; ".join(problems))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    @property
+    def name(self) -> str:
+        return Path(self.out_dir).name

@@ -1,0 +1,208 @@
+"""Where training batches come from: cached backbone features (quick mode) or decoded,
+augmented images (full mode). The trainer treats both alike."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..data import ImageDataset, collate_skip_bad
+from ..data.sampler import PKSampler
+from ..data.triplets import sample_random_triplets
+from ..errors import RetrievalAppError
+from ..metrics import retrieval_metrics
+from .config import FROM_SCRATCH_BACKBONES, TrainConfig
+
+VALIDATION_SETS = ("val_seen", "val_unseen")
+# Quick-mode steps are cheap; an "epoch" is at least this many so validation is not
+# the dominant cost on small folders.
+MIN_QUICK_STEPS_PER_EPOCH = 10
+
+
+class _Source:
+    def __init__(self, *, config: TrainConfig, net, split, device: torch.device, cancel: threading.Event, on_phase: Callable[[str], None]) -> None:
+        self.config = config
+        self.net = net
+        self.split = split
+        self.device = device
+        self.cancel = cancel
+        self.on_phase = on_phase
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.train_labels = torch.as_tensor([r.label for r in split.train], dtype=torch.long)
+        self._features: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    # Pretrained features of every split, computed once through the embedding cache.
+    def pretrained_features(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        if self._features is None:
+            self._features = {}
+            for set_name in ("train", *VALIDATION_SETS):
+                records = getattr(self.split, set_name)
+                if records:
+                    self.on_phase(f"extracting backbone features ({set_name.replace('_', ' ')}: {len(records)} images)")
+                self._features[set_name] = self._extract_features(records)
+        return self._features
+
+    def _extract_features(self, records) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..retrieval.cache import cached_embeddings
+
+        if not records:
+            return torch.empty(0, self.net.spec.feature_dim), torch.empty(0, dtype=torch.long)
+        result = cached_embeddings(self.net, records, output="features", device=self.device, cancel=self.cancel, num_workers=self.config.num_workers)
+        ok = np.asarray(result.ok, dtype=bool)
+        labels = torch.as_tensor([r.label for r, good in zip(records, ok) if good], dtype=torch.long)
+        return torch.from_numpy(np.ascontiguousarray(result.embeddings[ok])).float(), labels
+
+    def train_features(self) -> torch.Tensor:
+        return self.pretrained_features()["train"][0]
+
+    def backbone_metrics(self, distance: str) -> dict:
+        """Retrieval of the bare pretrained features on the validation sets."""
+        if self.config.backbone in FROM_SCRATCH_BACKBONES:
+            return {}
+        out: dict = {}
+        for set_name in VALIDATION_SETS:
+            features, labels = self.pretrained_features()[set_name]
+            if len(labels) >= 2:
+                normalised = torch.nn.functional.normalize(features, dim=1).numpy()
+                metrics = retrieval_metrics(normalised, labels.numpy(), distance=distance)
+                if metrics.get("n_queries", 0):
+                    out[set_name] = metrics
+        for key in ("precision_at_1", "map_at_r"):
+            values = [out[s][key] for s in VALIDATION_SETS if s in out]
+            out[key] = float(np.mean(values)) if values else None
+        return out
+
+    def _pk_sampler(self, labels: torch.Tensor, batches_per_epoch: int | None = None) -> PKSampler:
+        k = self.config.samples_per_class
+        p = max(2, self.config.batch_size // k)
+        return PKSampler(labels.tolist(), p, k, seed=self.config.seed, batches_per_epoch=batches_per_epoch)
+
+    def _random_triplet_batches(self, labels: torch.Tensor, n_batches: int) -> Iterator[list[int]]:
+        per_batch = max(1, self.config.batch_size // 3)
+        for _ in range(n_batches):
+            triplets = sample_random_triplets(labels, per_batch, self.generator)
+            # [anchors | positives | negatives], split again by the trainer.
+            yield triplets.t().reshape(-1).tolist()
+
+    def grad_scaler(self):
+        return torch.amp.GradScaler("cuda", enabled=self._use_amp())
+
+    def autocast(self):
+        if self._use_amp():
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _use_amp(self) -> bool:
+        return self.config.amp and self.device.type == "cuda"
+
+
+class QuickSource(_Source):
+    """Frozen backbone: train the head on cached pooled features."""
+
+    def steps_per_epoch(self) -> int:
+        n = len(self.pretrained_features()["train"][1])
+        return max(MIN_QUICK_STEPS_PER_EPOCH, n // self.config.batch_size)
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        features, labels = self.pretrained_features()["train"]
+        steps = self.steps_per_epoch()
+        if self.config.mining == "random":
+            index_lists = self._random_triplet_batches(labels, steps)
+        else:
+            sampler = self._pk_sampler(labels, batches_per_epoch=steps)
+            _set_epoch(sampler, epoch)
+            index_lists = iter(sampler)
+        for indices in index_lists:
+            index = torch.as_tensor(indices, dtype=torch.long)
+            yield features[index].to(self.device), labels[index].to(self.device)
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.net.embed_features(inputs)
+
+    @torch.inference_mode()
+    def validation_embeddings(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        out = {}
+        for set_name in VALIDATION_SETS:
+            features, labels = self.pretrained_features()[set_name]
+            embedded = self.net.embed_features(features.to(self.device)).float().cpu().numpy() if len(labels) else np.empty((0, 1))
+            out[set_name] = (embedded, labels.numpy())
+        return out
+
+
+class FullSource(_Source):
+    """End to end: decoded, augmented images through the whole network."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.train_set = ImageDataset(self.split.train, self.net.train_transform(), max_side=self.net.spec.decode_max_side)
+        self.reported_failures: set[str] = set()
+
+    def pretrained_features(self):
+        if self.config.backbone in FROM_SCRATCH_BACKBONES:
+            raise RetrievalAppError(f"{self.config.backbone} has no pretrained features")
+        return super().pretrained_features()
+
+    def steps_per_epoch(self) -> int:
+        return len(self._pk_sampler(self.train_labels))
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        steps = self.steps_per_epoch()
+        if self.config.mining == "random":
+            batch_sampler = list(self._random_triplet_batches(self.train_labels, steps))
+        else:
+            batch_sampler = self._pk_sampler(self.train_labels)
+            _set_epoch(batch_sampler, epoch)
+        loader = DataLoader(
+            self.train_set, batch_sampler=batch_sampler, collate_fn=collate_skip_bad,
+            num_workers=_workers(self.config), pin_memory=self.device.type == "cuda",
+        )
+        for batch in loader:
+            self._report_failures(batch.failures)
+            if self.config.mining == "random" and batch.failures:
+                continue  # a triplet with an unreadable image cannot be formed
+            if len(batch.labels) < 2:
+                continue
+            images = batch.images.to(self.device, non_blocking=True)
+            if self.device.type == "cpu":
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, batch.labels.to(self.device)
+
+    def _report_failures(self, failures) -> None:
+        for _index, path, reason in failures:
+            if str(path) not in self.reported_failures:
+                self.reported_failures.add(str(path))
+                self.on_phase(f"skipped unreadable image {path}: {reason}")
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.net(inputs)
+
+    def validation_embeddings(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        from ..retrieval.embed import embed_records
+
+        out = {}
+        for set_name in VALIDATION_SETS:
+            records = getattr(self.split, set_name)
+            if not records:
+                out[set_name] = (np.empty((0, 1)), np.empty(0, dtype=np.int64))
+                continue
+            result = embed_records(self.net, records, device=self.device, cancel=self.cancel, num_workers=self.config.num_workers)
+            ok = np.asarray(result.ok, dtype=bool)
+            labels = np.asarray([r.label for r in records], dtype=np.int64)[ok]
+            out[set_name] = (result.embeddings[ok], labels)
+        return out
+
+
+def _set_epoch(sampler, epoch: int) -> None:
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
+
+def _workers(config: TrainConfig) -> int:
+    if config.num_workers is not None:
+        return config.num_workers
+    return min(2, torch.get_num_threads())
