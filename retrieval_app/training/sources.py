@@ -39,23 +39,28 @@ class _Source:
     # Pretrained features of every split, computed once through the embedding cache.
     def pretrained_features(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         if self._features is None:
-            self._features = {}
-            for set_name in ("train", *VALIDATION_SETS):
-                records = getattr(self.split, set_name)
-                if records:
-                    self.on_phase(f"extracting backbone features ({set_name.replace('_', ' ')}: {len(records)} images)")
-                self._features[set_name] = self._extract_features(records)
+            self._features = self._extract_features()
         return self._features
 
-    def _extract_features(self, records) -> tuple[torch.Tensor, torch.Tensor]:
+    def _extract_features(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """One cached pass over the whole folder (so the cache mirrors the folder),
+        then sliced into the splits; unreadable files drop out here."""
         from ..retrieval.cache import cached_embeddings
 
-        if not records:
-            return torch.empty(0, self.net.spec.feature_dim), torch.empty(0, dtype=torch.long)
+        parts = {name: getattr(self.split, name) for name in ("train", *VALIDATION_SETS)}
+        records = [r for part in parts.values() for r in part]
+        self.on_phase(f"extracting backbone features of {len(records)} images (cached after the first run)")
         result = cached_embeddings(self.net, records, output="features", device=self.device, cancel=self.cancel, num_workers=self.config.num_workers)
-        ok = np.asarray(result.ok, dtype=bool)
-        labels = torch.as_tensor([r.label for r, good in zip(records, ok) if good], dtype=torch.long)
-        return torch.from_numpy(np.ascontiguousarray(result.embeddings[ok])).float(), labels
+        for path, reason in result.failures:
+            self.on_phase(f"skipped unreadable image {path}: {reason}")
+        out, start = {}, 0
+        for name, part in parts.items():
+            ok = np.asarray(result.ok[start:start + len(part)], dtype=bool)
+            vectors = result.embeddings[start:start + len(part)][ok]
+            labels = torch.as_tensor([r.label for r, good in zip(part, ok) if good], dtype=torch.long)
+            out[name] = (torch.from_numpy(np.ascontiguousarray(vectors)).float(), labels)
+            start += len(part)
+        return out
 
     def train_features(self) -> torch.Tensor:
         return self.pretrained_features()["train"][0]
