@@ -42,15 +42,17 @@ def test_console_script_help_lists_commands():
     [
         (["train", "/no/such/folder", "--epochs", "1"], "does not exist"),
         (["eval", "/no/such/folder", "--model", "efficientnet_lite0"], "does not exist"),
-        (["eval", ".", "--model", "no_such_model"], "neither a checkpoint"),
+        (["eval", "FOLDER", "--model", "no_such_model"], "neither a checkpoint"),
+        (["train", "FOLDER", "--backbone", "resnet18", "--epochs", "1"], "could not download resnet-18"),
     ],
 )
-def test_bad_input_is_one_clear_line(argv, expected, capsys, tmp_path):
-    code = main(argv)
+def test_bad_input_is_one_clear_line(argv, expected, capsys, tmp_path, folder):
+    code = main([str(folder) if arg == "FOLDER" else arg for arg in argv])
     err = capsys.readouterr().err.strip()
     assert code != 0
-    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err
-    assert expected in err.lower()
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "Traceback" not in err
+    assert expected in error_lines[0].lower()
 
 
 def test_bad_argument_values_exit_nonzero(folder, capsys, tmp_path):

@@ -14,8 +14,8 @@ def _fmt(value, spec=".3f") -> str:
 
 
 class TrainingProgressPrinter:
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
+    def __init__(self, stream=None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
         self.bar: tqdm | None = None
 
     def __enter__(self) -> "TrainingProgressPrinter":
