@@ -67,9 +67,9 @@ class TrainConfig:
     def resolved_lr(self) -> float:
         if self.lr is not None:
             return self.lr
-        if self.backbone in FROM_SCRATCH_BACKBONES:
-            return 1e-3
-        return 1e-3 if self.resolved_mode() == "quick" else 1e-4
+        # From scratch learns fast; a head on pretrained features at 1e-3 gained on seen
+        # classes but lost up to 0.1 MAP@R on unseen ones (caltech101_dev), 1e-4 held them.
+        return 1e-3 if self.backbone in FROM_SCRATCH_BACKBONES else 1e-4
 
     def validate(self) -> "TrainConfig":
         from ..losses import MINING_STRATEGIES

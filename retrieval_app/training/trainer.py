@@ -39,6 +39,8 @@ from .sources import FullSource, QuickSource
 
 # Metrics that can rank neighbours; other training distances are validated with Euclidean.
 _METRIC_DISTANCES = ("euclidean", "cosine")
+# How much MAP@R on held-out classes an epoch may lose against the start and still be kept.
+UNSEEN_TOLERANCE = 0.01
 
 
 @dataclass
@@ -232,8 +234,13 @@ class Trainer:
             values = [row[s][key] for s in ("val_seen", "val_unseen") if s in row]
             row[key] = float(np.mean(values)) if values else None
         # Selection score: mean MAP@R over held-out images of trained classes and over
-        # whole held-out classes, so a head that forgets unseen classes is not kept.
+        # whole held-out classes. An epoch that loses more than UNSEEN_TOLERANCE of the
+        # starting model's MAP@R on unseen classes is not eligible at all: users query
+        # with classes the model never saw, and heads that forget them are common.
         row["score"] = float(np.mean(scores)) if scores else None
+        start_unseen = self.history[0].get("val_unseen", {}).get("map_at_r") if self.history else None
+        unseen = row.get("val_unseen", {}).get("map_at_r")
+        row["eligible"] = not (start_unseen is not None and unseen is not None and unseen < start_unseen - UNSEEN_TOLERANCE)
         if clock is not None:
             row["elapsed_s"] = clock.elapsed
         self.history.append(row)
@@ -249,6 +256,8 @@ class Trainer:
 
     def _maybe_keep(self, net, row: dict, best: dict, classes: list[str]) -> dict:
         score = row.get("score")
+        if not row.get("eligible", True):
+            return best
         # Without validation data the latest epoch is the best we can say.
         comparable = score if score is not None else -math.inf
         if comparable > best["score"] or (score is None and best["score"] == -math.inf):
