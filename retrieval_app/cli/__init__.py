@@ -13,7 +13,7 @@ from ..errors import RetrievalAppError
 
 # Sub-command modules, in the order `--help` lists them. A module missing here simply
 # is not offered (keeps the CLI usable while parts are developed).
-SUBCOMMAND_MODULES = ("ui", "train", "eval", "embed", "search", "map", "export", "demo")
+SUBCOMMAND_MODULES = ("ui", "train", "eval", "embed", "search", "map", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,12 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Bare `retrieval-app [ui options]` opens the app: the default sub-command is `ui`.
+    if "ui" in _choices(parser) and not (argv and (argv[0] in _choices(parser) or argv[0] in ("-h", "--help"))):
+        argv = ["ui", *argv]
     args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["ui", *([] if argv is None else argv)]) if "ui" in _choices(parser) else args
-        if args.command is None:
-            parser.print_help()
-            return 0
+        parser.print_help()
+        return 0
     try:
         return int(args.func(args) or 0)
     except RetrievalAppError as exc:

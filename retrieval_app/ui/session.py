@@ -1,0 +1,108 @@
+"""One browser session's state: the loaded folder, its gallery and map, the model in
+use and a training job. Each session owns one of these (held in `gr.State`); nothing is
+shared between sessions except the on-disk caches, which are safe to share."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..data import ScanResult, scan_folder
+from ..errors import RetrievalAppError
+from ..paths import cache_dir, models_dir
+from ..retrieval import Gallery, Neighbour, Projection, compute_projection
+from ..thumbnails import ensure_thumbnails
+from ..training import TrainConfig, TrainingJob, checkpoint_distance, load_embedder
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class SessionState:
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    scan: ScanResult | None = None
+    gallery: Gallery | None = None
+    projection: Projection | None = None
+    thumbs: list[Path | None] = field(default_factory=list)
+    model_spec: str = "efficientnet_lite0"
+    method: str = "umap"
+    job: TrainingJob | None = None
+    job_consumed: bool = False
+    query_point: np.ndarray | None = None  # map position of a dropped query
+    highlight: tuple[int | None, list[int]] = (None, [])
+
+    # ------------------------------------------------------------ loading
+    def load(self, folder: Path, model_spec: str, progress: Progress) -> None:
+        progress(0.0, "scanning folder")
+        scan = scan_folder(folder)
+        progress(0.02, f"loading model {model_spec}")
+        net = load_embedder(model_spec)
+        gallery = Gallery.build(scan, net, distance=checkpoint_distance(model_spec), progress=lambda d, t: progress(0.05 + 0.75 * d / max(t, 1), f"embedding {d}/{t} images"))
+        progress(0.8, "making thumbnails")
+        thumbs = ensure_thumbnails(gallery.records, progress=lambda d, t: progress(0.8 + 0.15 * d / max(t, 1), f"thumbnails {d}/{t}"))
+        self.scan, self.gallery, self.thumbs, self.model_spec = scan, gallery, thumbs, model_spec
+        self.projection, self.query_point, self.highlight = None, None, (None, [])
+
+    def project(self, method: str) -> Projection:
+        self.method = method
+        self.projection = compute_projection(self.require_gallery().embeddings, method)
+        return self.projection
+
+    def quick_projection(self) -> Projection:
+        """PCA: instant, shown while UMAP / t-SNE are computed."""
+        self.projection = compute_projection(self.require_gallery().embeddings, "pca")
+        return self.projection
+
+    def require_gallery(self) -> Gallery:
+        if self.gallery is None:
+            raise RetrievalAppError("load a folder first")
+        return self.gallery
+
+    # ------------------------------------------------------------ queries
+    def neighbours_of_point(self, index, k: int) -> list[Neighbour]:
+        gallery = self.require_gallery()
+        try:
+            index = int(index)
+        except (TypeError, ValueError):
+            raise RetrievalAppError(f"not a point index: {index!r}") from None
+        neighbours = gallery.neighbours_of_index(index, k)
+        self.highlight, self.query_point = (index, [n.index for n in neighbours]), None
+        return neighbours
+
+    def neighbours_of_image(self, image_path: str, k: int) -> list[Neighbour]:
+        gallery = self.require_gallery()
+        vector = gallery.embed_images([image_path])
+        neighbours = gallery.neighbours_of_vectors(vector, k)[0]
+        self.highlight = (None, [n.index for n in neighbours])
+        self.query_point = self.projection.transform(vector)[0] if self.projection is not None else None
+        return neighbours
+
+    def thumb(self, index: int) -> Path | None:
+        return self.thumbs[index] if 0 <= index < len(self.thumbs) else None
+
+    # ----------------------------------------------------------- training
+    def start_training(self, **settings) -> TrainingJob:
+        gallery = self.require_gallery()
+        if self.job is not None and self.job.running:
+            raise RetrievalAppError("a training run is already going; cancel it first")
+        name = settings.pop("name", None) or f"{gallery.root.name}-{self.session_id[:6]}"
+        config = TrainConfig(folder=str(gallery.root), out_dir=str(models_dir() / _safe_name(name)), **settings)
+        self.job = TrainingJob(config).start()
+        self.job_consumed = False
+        return self.job
+
+
+def _safe_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "-" for c in name.strip())[:60].strip("-")
+    if not cleaned:
+        raise RetrievalAppError("model name must contain letters or digits")
+    return cleaned
+
+
+def uploads_dir(session_id: str) -> Path:
+    return cache_dir() / "uploads" / session_id / uuid.uuid4().hex[:8]
+
