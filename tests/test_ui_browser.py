@@ -1,0 +1,209 @@
+"""The Gradio app driven by a real browser (Debian's chromium through Playwright)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip("Debian chromium is not installed (scripts/test.sh installs it)", allow_module_level=True)
+
+from retrieval_app.data import scan_folder  # noqa: E402
+from retrieval_app.retrieval import Gallery  # noqa: E402
+from retrieval_app.training import load_embedder  # noqa: E402
+from retrieval_app.ui.launch import launch_app  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+K = 5
+MAP_READY = "() => { const g = document.querySelector('#embedding-plot .rmap-plot'); return g && g.data && g.data.length > 0; }"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ui")
+    folder = base / "photos"
+    for name in ("Leopards", "pizza", "sunflower", "watch", "cup"):
+        (folder / name).mkdir(parents=True)
+        for path in sorted((ROOT / "sample_data" / name).glob("*.jpg"))[:8]:
+            shutil.copy(path, folder / name / path.name)
+    monkey = pytest.MonkeyPatch()
+    monkey.setenv("RETRIEVAL_APP_CACHE_DIR", str(base / "cache"))
+    monkey.setenv("RETRIEVAL_APP_MODELS_DIR", str(base / "models"))
+    yield {"base": base, "folder": folder}
+    monkey.undo()
+
+
+def start_server(env, **kwargs):
+    port = free_port()
+    demo = launch_app(folder=env["folder"], port=port, open_browser=False, block=False, **kwargs)
+    return demo, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def server(env):
+    demo, url = start_server(env)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    yield page
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # noqa: D103 - lets the page fixture see failures
+    outcome = yield
+    setattr(item, f"rep_{call.when}", outcome.get_result())
+
+
+@pytest.fixture(scope="module")
+def core_gallery(env):
+    return Gallery.build(scan_folder(env["folder"]), load_embedder("efficientnet_lite0"), num_workers=0)
+
+
+def open_app(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_function(MAP_READY, timeout=240_000)
+
+
+def gallery_captions(page) -> list[str]:
+    return [c.inner_text() for c in page.query_selector_all("#neighbour-gallery .caption-label, #neighbour-gallery figcaption")]
+
+
+def set_k(page, k: int) -> None:
+    box = page.locator("#k-slider input[type=number]")
+    box.fill(str(k))
+    box.press("Enter")
+
+
+def wait_for_neighbours(page, count: int) -> None:
+    page.wait_for_function(f"() => document.querySelectorAll('#neighbour-gallery img').length === {count}", timeout=60_000)
+
+
+def test_click_a_plotted_point_shows_its_neighbours(page, server, core_gallery):
+    open_app(page, server)
+    set_k(page, K)
+    # The pixel position of a real point, from the plot's own axes.
+    point = page.evaluate("""() => {
+        const gd = document.querySelector('#embedding-plot .rmap-plot');
+        const fl = gd._fullLayout, box = gd.getBoundingClientRect(), trace = gd.data[2];
+        return {index: trace.customdata[3][0], id: trace.customdata[3][2],
+                x: box.left + fl.xaxis._offset + fl.xaxis.l2p(trace.x[3]),
+                y: box.top + fl.yaxis._offset + fl.yaxis.l2p(trace.y[3])};
+    }""")
+    page.mouse.move(point["x"], point["y"])
+    page.mouse.click(point["x"], point["y"])
+    wait_for_neighbours(page, K)
+    expected = core_gallery.neighbours_of_index(core_gallery.index_of_id(point["id"]), K)
+    page.wait_for_function("(id) => document.querySelector('#query-result').innerText.includes(id)", arg=point["id"], timeout=30_000)
+    captions = gallery_captions(page)
+    assert len(captions) == K
+    assert expected[0].id in captions[0]
+    assert [n.id for n in expected] == [re.search(r"· (\S+)$", c).group(1) for c in captions]
+    # the query and its neighbours are highlighted on the map
+    page.wait_for_function("() => document.querySelector('#embedding-plot .rmap-plot').data.some(t => t.name === 'neighbours' && t.x.length === %d)" % K, timeout=30_000)
+
+
+def test_drop_a_query_image(page, server, core_gallery, env):
+    open_app(page, server)
+    set_k(page, K)
+    query = ROOT / "sample_data" / "pizza" / "image_0015.jpg"  # not in the gallery subset
+    page.locator("#query-image input[type=file]").set_input_files(str(query))
+    wait_for_neighbours(page, K)
+    page.wait_for_function("() => document.querySelector('#query-result').innerText.includes('placed on the map')", timeout=60_000)
+    expected = core_gallery.neighbours_of_images([query], K)[0]
+    captions = gallery_captions(page)
+    assert expected[0].id in captions[0] and "pizza" in captions[0]
+    page.wait_for_function("() => document.querySelector('#embedding-plot .rmap-plot').data.some(t => t.name === 'query')", timeout=30_000)
+
+
+def open_training(page) -> None:
+    page.get_by_text("4 · Fine-tune with a triplet loss").click()
+    page.locator("#train-start").wait_for(state="visible")
+
+
+def test_training_progress_and_cancel(page, server):
+    open_app(page, server)
+    open_training(page)
+    page.get_by_label("Time budget, s (optional)").fill("120")
+    page.locator("#train-start").click()
+    page.wait_for_function("() => /epoch [1-9]/.test(document.querySelector('#train-status').innerText)", timeout=120_000)
+    page.locator("#train-cancel").click()
+    page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('cancelled')", timeout=60_000)
+
+
+def test_training_to_completion_shows_before_after(page, server):
+    open_app(page, server)
+    open_training(page)
+    page.get_by_label("Epochs (empty: default / budget)").fill("2")
+    page.locator("#train-start").click()
+    page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('now use')", timeout=240_000)
+    table = page.inner_text("#before-after")
+    assert "MAP@R" in table and "kept" in table and "✓" in table
+
+
+def test_files_outside_the_allowed_folders_are_refused(server, env, core_gallery):
+    def status(path) -> int:
+        try:
+            return urllib.request.urlopen(f"{server}/gradio_api/file={path}").status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert status("/etc/passwd") == 403
+    assert status(ROOT / "pyproject.toml") == 403
+    assert status(env["folder"] / "pizza" / "image_0001.jpg") == 403  # originals are never served
+    assert status(env["base"] / "models") == 403
+    thumbs = sorted((env["base"] / "cache" / "thumbs").rglob("*.jpg"))
+    assert thumbs and status(thumbs[0]) == 200  # thumbnails from the app's cache are
+
+
+def test_login_when_auth_is_on_and_share_mode_restricts_folders(browser, env):
+    demo, url = start_server(env, auth="alice:s3cret", share=False, data_roots=[str(env["folder"])])
+    try:
+        page = browser.new_page()
+        page.goto(url)
+        page.get_by_label("username").fill("alice")
+        page.get_by_label("password").fill("wrong")
+        page.get_by_role("button", name="Login").click()
+        page.wait_for_timeout(1000)
+        assert page.locator("#folder-path").count() == 0
+        page.get_by_label("password").fill("s3cret")
+        page.get_by_role("button", name="Login").click()
+        page.wait_for_function(MAP_READY, timeout=240_000)
+        page.close()
+    finally:
+        demo.close()
