@@ -1,8 +1,9 @@
-"""P classes × K images per batch, so every online-mining batch has valid triplets."""
+"""P classes × K images per batch, so that every online-mining batch holds valid triplets
+(each drawn class gives anchors their positives, the other classes their negatives)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -10,41 +11,93 @@ import numpy as np
 from ..errors import DatasetError
 
 
-class PKSampler:
-    """A batch sampler: yields lists of dataset indices, P classes × K images each.
+def as_label_array(labels: Sequence[int]) -> np.ndarray:
+    """Labels (list, NumPy array or torch tensor) as a 1-D int64 array."""
+    if hasattr(labels, "detach"):  # a torch tensor, possibly on a GPU
+        labels = labels.detach().cpu().numpy()
+    array = np.asarray(labels)
+    if array.ndim != 1:
+        raise ValueError(f"labels must be one-dimensional, got shape {array.shape}")
+    return array.astype(np.int64, copy=False)
 
-    Only classes with at least two items are drawn (an anchor needs a positive). A class
-    with fewer than K items repeats some of them; otherwise a batch never holds the same
-    index twice. Each epoch reshuffles, deterministically from `seed` and the epoch."""
+
+class _ShuffledCycle:
+    """Hands out items in shuffled order and reshuffles once all are used, so every item
+    is used once before any is used twice. Within one `take`, an item repeats only when
+    more items are asked for than there are."""
+
+    def __init__(self, items: np.ndarray, rng: np.random.Generator) -> None:
+        self.items = items
+        self.rng = rng
+        self.queue: list[int] = []  # next item at the end
+
+    def take(self, n: int) -> list[int]:
+        taken: list[int] = []
+        while len(taken) < n:
+            if not self.queue:
+                self.queue = self._fresh_queue(Counter(taken))
+            taken.append(self.queue.pop())
+        return taken
+
+    def _fresh_queue(self, used: Counter) -> list[int]:
+        order = self.rng.permutation(self.items).tolist()
+        # Items the current take has used most go first in the list, i.e. are handed out
+        # last: no repeat before every item is in, and repeats spread evenly.
+        return sorted(order, key=lambda item: -used[item])
+
+
+class PKSampler:
+    """Batch sampler: each batch is a list of P·K dataset indices, K from each of P classes.
+
+    Only classes with at least two items are drawn (an anchor needs a positive); P is capped
+    at the number of such classes. Classes and, within a class, items are drawn from
+    shuffled cycles, so an epoch spreads evenly over the data, and a batch never holds the
+    same index twice unless its class has fewer than K items (then all of them appear and
+    the rest of the K slots repeat as few as possible). Each epoch reshuffles,
+    deterministically from `seed` and the epoch number (`set_epoch`, or counted up on every
+    `iter`). Use as ``DataLoader(dataset, batch_sampler=PKSampler(...))``."""
 
     def __init__(self, labels: Sequence[int], p: int, k: int, *, seed: int = 0, batches_per_epoch: int | None = None) -> None:
-        by_class: dict[int, list[int]] = defaultdict(list)
-        for index, label in enumerate(labels):
-            by_class[int(label)].append(index)
-        self.classes = sorted(c for c, members in by_class.items() if len(members) >= 2)
+        if p < 2 or k < 2:
+            raise ValueError(f"a P×K batch needs p ≥ 2 classes and k ≥ 2 images per class for triplets, got p={p}, k={k}")
+        if batches_per_epoch is not None and batches_per_epoch < 1:
+            raise ValueError(f"batches_per_epoch must be at least 1, got {batches_per_epoch}")
+        label_array = as_label_array(labels)
+        classes, counts = np.unique(label_array, return_counts=True)
+        self.classes = classes[counts >= 2]
         if len(self.classes) < 2:
-            raise DatasetError("online mining needs at least two classes with two or more images each")
-        self.by_class = {c: np.asarray(by_class[c]) for c in self.classes}
-        self.p = min(max(2, p), len(self.classes))
-        self.k = max(2, k)
-        n_items = sum(len(m) for m in self.by_class.values())
+            raise DatasetError("online triplet mining needs at least two classes with two or more images each")
+        self.members = {int(c): np.flatnonzero(label_array == c) for c in self.classes}
+        self.p = min(p, len(self.classes))
+        self.k = k
+        n_items = sum(len(m) for m in self.members.values())
         self.batches_per_epoch = batches_per_epoch or max(1, n_items // (self.p * self.k))
         self.seed = seed
         self.epoch = 0
 
+    @property
+    def batch_size(self) -> int:
+        return self.p * self.k
+
     def set_epoch(self, epoch: int) -> None:
+        """Make the next `iter` yield the batches of epoch `epoch`."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
     def __iter__(self) -> Iterator[list[int]]:
+        # Seeded and counted here, not lazily inside the generator, so that `iter()` alone
+        # fixes which epoch the batches belong to.
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
+        return self._batches(rng)
+
+    def _batches(self, rng: np.random.Generator) -> Iterator[list[int]]:
+        class_cycle = _ShuffledCycle(self.classes, rng)
+        item_cycles = {c: _ShuffledCycle(m, rng) for c, m in self.members.items()}
         for _ in range(self.batches_per_epoch):
-            chosen = rng.choice(self.classes, size=self.p, replace=False)
             batch: list[int] = []
-            for c in chosen:
-                members = self.by_class[int(c)]
-                batch.extend(rng.choice(members, size=self.k, replace=len(members) < self.k).tolist())
+            for c in class_cycle.take(self.p):
+                batch.extend(item_cycles[c].take(self.k))
             yield batch

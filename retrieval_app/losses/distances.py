@@ -1,105 +1,180 @@
-"""Distances between embeddings: paired (row i of a with row i of b) and pairwise (every
-row of x against every row of y), with a square root that is safe at zero distance."""
+"""Distances between embeddings.
+
+A `Distance` answers two questions: `paired(a, b)` compares row i of `a` with row i of `b`
+(explicit triplets), `pairwise(x, y)` compares every row of `x` with every row of `y`
+(online mining, which needs the whole batch's distance matrix). Registered names:
+`euclidean`, `squared_euclidean`, `cosine` (1 − cosine similarity) and `linf` (the shipped
+example of a custom distance). Any callable `(a, b) -> (N,)` is a distance too; its
+pairwise form is built by broadcasting every pair through it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import ModelError
 
 PairedFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# Below this squared distance the sqrt is treated as exactly zero (its gradient too).
-_SQRT_EPS = 1e-16
+PairwiseFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+DistanceLike = Union[str, "Distance", PairedFn]
+
+# Squared distances at or below this count as exactly zero in `safe_sqrt`: the distance
+# then changes by at most 1e-6, and the gradient stays finite.
+SQRT_EPS = 1e-12
+# Keeps cosine finite for an all-zero embedding (its distance to anything is then 1).
+_NORM_EPS = 1e-8
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
-    """sqrt with a finite (zero) gradient where x == 0. The plain sqrt's gradient
-    1/(2·sqrt(x)) is infinite at 0, and 0·inf turns into NaN in the backward pass when
-    two embeddings coincide (always on the diagonal of a distance matrix)."""
-    zero = x <= _SQRT_EPS
-    root = torch.sqrt(torch.where(zero, torch.ones_like(x), x))
-    return torch.where(zero, torch.zeros_like(x), root)
+def safe_sqrt(x: torch.Tensor, eps: float = SQRT_EPS) -> torch.Tensor:
+    """Square root whose gradient is finite (zero) where ``x <= eps``.
+
+    The plain sqrt has gradient 1/(2·sqrt(x)), infinite at 0; the chain rule then multiplies
+    it by a zero and gives NaN. That happens whenever two embeddings coincide, and always on
+    the diagonal of a distance matrix. Feeding sqrt a harmless 1 where x is tiny and masking
+    the result keeps both the value and the gradient clean."""
+    tiny = x <= eps
+    root = torch.sqrt(torch.where(tiny, torch.ones_like(x), x))
+    return torch.where(tiny, torch.zeros_like(x), root)
 
 
-def squared_euclidean_matrix(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """‖a‖² − 2⟨a,b⟩ + ‖b‖², clamped at 0 (rounding can make it slightly negative)."""
+@contextlib.contextmanager
+def _full_precision(device: torch.device):
+    """Autocast would run the matrix products below in float16, where ‖a‖² − 2⟨a,b⟩ + ‖b‖²
+    loses almost every digit of a small distance. Distances are cheap: keep them float32."""
+    try:
+        guard = torch.autocast(device_type=device.type, enabled=False)
+    except (RuntimeError, ValueError):  # a device type autocast does not know
+        guard = contextlib.nullcontext()
+    with guard:
+        yield
+
+
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in _LOW_PRECISION else t
+
+
+def squared_euclidean_matrix(x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(N, M) squared Euclidean distances by the distance-matrix trick
+    ‖a‖² − 2⟨a,b⟩ + ‖b‖²: one matrix product instead of an (N, M, D) difference tensor.
+    Rounding can make entries slightly negative, so they are clamped at 0; with `y` omitted
+    the diagonal is set to exactly 0 (it is by definition, rounding says ~1e-7)."""
+    same = y is None
+    with _full_precision(x.device):
+        x = _upcast(x)
+        y = x if same else _upcast(y)
+        squared_norms_x = (x * x).sum(1, keepdim=True)
+        squared_norms_y = squared_norms_x.t() if same else (y * y).sum(1).unsqueeze(0)
+        squared = (squared_norms_x - 2.0 * (x @ y.t()) + squared_norms_y).clamp_min(0.0)
+        if same:
+            off_diagonal = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+            squared = squared * off_diagonal
+    return squared
+
+
+def euclidean_matrix(x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(N, M) Euclidean distances; finite gradients where points coincide."""
+    return safe_sqrt(squared_euclidean_matrix(x, y))
+
+
+def cosine_matrix(x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(N, M) of 1 − cos(x_i, y_j), from one product of the L2-normalised rows."""
+    with _full_precision(x.device):
+        x_unit = F.normalize(_upcast(x), dim=1, eps=_NORM_EPS)
+        y_unit = x_unit if y is None else F.normalize(_upcast(y), dim=1, eps=_NORM_EPS)
+        # rounding can push 1 − cos a hair outside [0, 2]
+        return (1.0 - x_unit @ y_unit.t()).clamp(0.0, 2.0)
+
+
+def euclidean_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise ‖a_i − b_i‖₂, shape (N,)."""
+    return safe_sqrt(squared_euclidean_distance(a, b))
+
+
+def squared_euclidean_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise ‖a_i − b_i‖₂², shape (N,)."""
+    return ((a - b) ** 2).sum(-1)
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise 1 − cos(a_i, b_i), shape (N,)."""
+    return 1.0 - F.cosine_similarity(a, b, dim=-1, eps=_NORM_EPS)
+
+
+def linf_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise L∞ (Chebyshev) distance max_d |a_id − b_id|, shape (N,).
+
+    Shipped as the example of a custom distance: any function with this signature can be
+    passed wherever a distance is expected."""
+    return (a - b).abs().amax(-1)
+
+
+def broadcast_pairwise(paired: PairedFn, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(N, M) matrix from a paired distance by feeding it all N·M row pairs at once."""
     y = x if y is None else y
-    sq = (x * x).sum(1, keepdim=True) - 2.0 * x @ y.t() + (y * y).sum(1).unsqueeze(0)
-    sq = sq.clamp_min(0.0)
-    if y is x:
-        # The diagonal is exactly zero by definition; rounding must not say otherwise.
-        sq = sq * (1.0 - torch.eye(len(x), device=x.device, dtype=x.dtype))
-    return sq
+    n, m = len(x), len(y)
+    left = x.unsqueeze(1).expand(n, m, *x.shape[1:]).reshape(n * m, *x.shape[1:])
+    right = y.unsqueeze(0).expand(n, m, *y.shape[1:]).reshape(n * m, *y.shape[1:])
+    return paired(left, right).reshape(n, m)
 
 
 @dataclass(frozen=True)
 class Distance:
+    """A named distance with a paired (row by row) and a pairwise (all pairs) form.
+
+    `pairwise_fn` is optional: without it the pairwise matrix is built from `paired_fn`
+    by broadcasting, which is right for any distance but costs N·M·D memory."""
+
     name: str
     paired_fn: PairedFn
-    pairwise_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
+    pairwise_fn: Optional[PairwiseFn] = None
 
     def paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Distances between matching rows of `a` and `b` (both (N, D)) → (N,)."""
         return self.paired_fn(a, b)
 
-    def pairwise(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def pairwise(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Distances between every row of `x` (N, D) and of `y` (M, D; default `x`) → (N, M)."""
         if self.pairwise_fn is not None:
             return self.pairwise_fn(x, y)
-        # Generic fallback for custom distances: broadcast every pair through paired().
-        y = x if y is None else y
-        n, m = len(x), len(y)
-        left = x.unsqueeze(1).expand(n, m, -1).reshape(n * m, -1)
-        right = y.unsqueeze(0).expand(n, m, -1).reshape(n * m, -1)
-        return self.paired_fn(left, right).reshape(n, m)
+        return broadcast_pairwise(self.paired_fn, x, y)
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.paired(a, b)
 
 
-def _euclidean_paired(a, b):
-    return safe_sqrt(((a - b) ** 2).sum(-1))
-
-
-def _squared_paired(a, b):
-    return ((a - b) ** 2).sum(-1)
-
-
-def _cosine_paired(a, b):
-    return 1.0 - torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-8)
-
-
-def _cosine_matrix(x, y=None):
-    xn = torch.nn.functional.normalize(x, dim=1, eps=1e-8)
-    yn = xn if y is None else torch.nn.functional.normalize(y, dim=1, eps=1e-8)
-    return (1.0 - xn @ yn.t()).clamp_min(0.0)
-
-
-def linf_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """L-infinity (Chebyshev) distance: the shipped example of a custom distance."""
-    return (a - b).abs().amax(-1)
-
-
-def _linf_matrix(x, y=None):
+def _linf_matrix(x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
     y = x if y is None else y
     return (x.unsqueeze(1) - y.unsqueeze(0)).abs().amax(-1)
 
 
 DISTANCES: dict[str, Distance] = {
-    "euclidean": Distance("euclidean", _euclidean_paired, lambda x, y=None: safe_sqrt(squared_euclidean_matrix(x, y))),
-    "squared_euclidean": Distance("squared_euclidean", _squared_paired, squared_euclidean_matrix),
-    "cosine": Distance("cosine", _cosine_paired, _cosine_matrix),
-    "linf": Distance("linf", linf_distance, _linf_matrix),
+    d.name: d
+    for d in (
+        Distance("euclidean", euclidean_distance, euclidean_matrix),
+        Distance("squared_euclidean", squared_euclidean_distance, squared_euclidean_matrix),
+        Distance("cosine", cosine_distance, cosine_matrix),
+        Distance("linf", linf_distance, _linf_matrix),
+    )
 }
 
 
-def get_distance(distance: Union[str, Distance, PairedFn]) -> Distance:
-    """A registered name, a `Distance`, or any callable `(a, b) -> (N,)` paired distance."""
+def get_distance(distance: DistanceLike) -> Distance:
+    """Resolve a registered name (e.g. ``"euclidean"``), a `Distance`, or any callable
+    ``(a, b) -> (N,)`` paired distance to a `Distance`. Raises `ModelError` otherwise."""
     if isinstance(distance, Distance):
         return distance
     if isinstance(distance, str):
-        try:
-            return DISTANCES[distance]
-        except KeyError:
-            raise ModelError(f"unknown distance '{distance}' (choose from {', '.join(DISTANCES)}, or pass a callable)") from None
+        key = distance.strip().lower().replace("-", "_")
+        if key not in DISTANCES:
+            raise ModelError(f"unknown distance '{distance}' (choose from {', '.join(DISTANCES)}, or pass a function (a, b) -> (N,))")
+        return DISTANCES[key]
     if callable(distance):
-        return Distance(getattr(distance, "__name__", "custom"), distance)
-    raise ModelError(f"a distance must be a name, a Distance or a callable, not {type(distance).__name__}")
+        name = getattr(distance, "__name__", type(distance).__name__)
+        return Distance(name, distance)
+    raise ModelError(f"a distance must be a name, a Distance or a function (a, b) -> (N,), not {type(distance).__name__}")

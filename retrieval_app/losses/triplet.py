@@ -1,25 +1,58 @@
-"""The triplet loss on explicit (anchor, positive, negative) embeddings."""
+"""The triplet margin loss on explicit (anchor, positive, negative) embeddings:
+max(d(a, p) − d(a, n) + margin, 0) per triplet, then mean or sum."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .distances import Distance, get_distance
-from .reduction import reduce
+from ..errors import ModelError
+from .distances import DistanceLike, get_distance
+
+# "none" keeps one loss per triplet, as torch's own losses do.
+EXPLICIT_REDUCTIONS = ("mean", "sum", "none")
 
 
-def triplet_margin_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, *, margin: float = 0.2, distance="euclidean", reduction: str = "mean") -> torch.Tensor:
-    """mean/sum over triplets of max(d(a, p) − d(a, n) + margin, 0)."""
-    dist: Distance = get_distance(distance)
+def check_reduction(reduction: str, allowed: tuple[str, ...] = EXPLICIT_REDUCTIONS) -> str:
+    """Return `reduction` if it is one of `allowed`, else raise a `ModelError` naming them."""
+    if reduction not in allowed:
+        raise ModelError(f"unknown reduction '{reduction}' (choose from {', '.join(allowed)})")
+    return reduction
+
+
+def triplet_margin_loss(
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    *,
+    margin: float = 0.2,
+    distance: DistanceLike = "euclidean",
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Triplet loss over N explicit triplets (each argument (N, D)).
+
+    `distance` is a registered name, a `Distance` or a function (a, b) -> (N,). "mean"
+    averages over all N triplets (as `torch.nn.TripletMarginLoss` does), "sum" adds them,
+    "none" returns the (N,) per-triplet losses."""
+    check_reduction(reduction)
+    dist = get_distance(distance)
     per_triplet = torch.relu(dist.paired(anchor, positive) - dist.paired(anchor, negative) + margin)
-    return reduce(per_triplet, reduction)
+    if reduction == "none":
+        return per_triplet
+    return per_triplet.sum() if reduction == "sum" else per_triplet.mean()
 
 
 class TripletMarginLoss(nn.Module):
-    def __init__(self, margin: float = 0.2, distance="euclidean", reduction: str = "mean") -> None:
-        super().__init__()
-        self.margin, self.distance, self.reduction = margin, get_distance(distance), reduction
+    """Module form of `triplet_margin_loss`: ``loss(anchor, positive, negative)``."""
 
-    def forward(self, anchor, positive, negative) -> torch.Tensor:
+    def __init__(self, margin: float = 0.2, distance: DistanceLike = "euclidean", reduction: str = "mean") -> None:
+        super().__init__()
+        self.margin = float(margin)
+        self.distance = get_distance(distance)
+        self.reduction = check_reduction(reduction)
+
+    def forward(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
         return triplet_margin_loss(anchor, positive, negative, margin=self.margin, distance=self.distance, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, distance={self.distance.name}, reduction={self.reduction}"
