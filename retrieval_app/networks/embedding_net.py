@@ -5,30 +5,50 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ModelError
 from . import transforms
 
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """What a backbone expects and produces."""
+
     name: str
-    input_size: int
-    channels: int
+    input_size: int  # square side the transforms produce, e.g. 224 or 28
+    channels: int  # 3 (RGB) or 1 (greyscale)
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    feature_dim: int
+    feature_dim: int  # length of the pooled feature vector
     pretrained_available: bool
-    # JPEGs are DCT-downscaled to about this long side while decoding (see data.decode).
+    # JPEGs are DCT-downscaled to about this long side while decoding (see data.decode):
+    # about twice the input size leaves the resize some detail to work with.
     decode_max_side: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (lists, not tuples, so a JSON round trip compares equal)."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
 
 
 class EmbeddingNet(nn.Module):
-    def __init__(self, spec: ModelSpec, backbone: nn.Module, head: nn.Module | None, *, head_kind: str | None, dim: int, normalize: bool) -> None:
+    """`backbone` (images → (B, feature_dim)), optional `head` (→ (B, dim)), optional
+    L2 normalisation. Build it with `create_model`, or `model_from_config` for a checkpoint."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        backbone: nn.Module,
+        head: nn.Module | None,
+        *,
+        head_kind: str | None,
+        dim: int,
+        normalize: bool,
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.backbone = backbone
@@ -36,9 +56,11 @@ class EmbeddingNet(nn.Module):
         self.head_kind = head_kind
         self.dim = dim if head is not None else spec.feature_dim
         self.normalize = normalize
+        self.backbone_frozen = False
 
     @property
     def embedding_dim(self) -> int:
+        """Length of the vectors `forward` returns."""
         return self.dim
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,80 +73,126 @@ class EmbeddingNet(nn.Module):
         return F.normalize(out, dim=1) if self.normalize else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) → embeddings (B, embedding_dim)."""
         return self.embed_features(self.features(x))
 
-    def eval_transform(self):
+    def train(self, mode: bool = True) -> "EmbeddingNet":
+        """As `nn.Module.train`, except that a frozen backbone stays in eval mode, so its
+        BatchNorm statistics stay as loaded (frozen means its outputs do not change)."""
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
+
+    def eval_transform(self) -> Callable:
+        """PIL image → normalised tensor (C, input_size, input_size), deterministic."""
         return transforms.eval_transform(self.spec)
 
-    def train_transform(self):
+    def train_transform(self) -> Callable:
+        """PIL image → normalised tensor with light random augmentation."""
         return transforms.train_transform(self.spec)
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.spec.name, "dim": self.dim, "normalize": self.normalize, "head": self.head_kind, "feature_dim": self.spec.feature_dim, "spec": asdict(self.spec)}
+        """JSON-serialisable description; `model_from_config` rebuilds the architecture."""
+        return {
+            "name": self.spec.name,
+            "dim": self.dim,
+            "normalize": self.normalize,
+            "head": self.head_kind,
+            "feature_dim": self.spec.feature_dim,
+            "spec": self.spec.as_dict(),
+        }
+
+    def extra_repr(self) -> str:
+        return f"name={self.spec.name!r}, head={self.head_kind!r}, dim={self.dim}, normalize={self.normalize}"
 
 
 def make_head(kind: str | None, feature_dim: int, dim: int) -> nn.Module | None:
+    """`"linear"`: one Linear; `"mlp"`: Linear → BatchNorm → ReLU → Linear; `None` (or
+    `"none"`): no head, the embedding is the pooled features."""
     if kind is None or kind == "none":
         return None
     if kind == "linear":
         return nn.Linear(feature_dim, dim)
     if kind == "mlp":
         hidden = max(dim, min(feature_dim, 512))
-        return nn.Sequential(nn.Linear(feature_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
-    from ..errors import ModelError
-
+        return nn.Sequential(
+            nn.Linear(feature_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim)
+        )
     raise ModelError(f"unknown head '{kind}' (choose from linear, mlp, none)")
 
 
 @torch.no_grad()
 def init_linear_head_from_features(net: EmbeddingNet, features: torch.Tensor) -> None:
-    """Start the linear head as the PCA projection of `features`: rows are the top
-    principal directions, bias removes the mean. The untrained model then keeps the
-    pretrained geometry (exactly, up to centring, when dim == feature_dim). Measured on
-    held-out photos: randomly started heads lost 0.1–0.35 MAP@R on unseen classes."""
+    """Start the linear head as the PCA projection of `features` (N, feature_dim): its
+    rows are the top principal directions (orthonormal), its bias −W·mean. The untrained
+    model then keeps the pretrained geometry: exactly, up to centring, when dim ==
+    feature_dim (an orthogonal map). Why: on held-out photo sets a randomly started MLP
+    head trained with triplet loss lost 0.1–0.35 MAP@R on unseen classes, while a linear
+    map started at the pretrained geometry kept the gain and held unseen classes."""
     head = net.head
     if not isinstance(head, nn.Linear):
-        return
-    features = features.detach().float().cpu()
+        raise ModelError(f"PCA initialisation needs a linear head (this model has head={net.head_kind!r})")
+    if features.ndim != 2 or features.shape[1] != head.in_features or features.shape[0] < 2:
+        raise ModelError(f"PCA initialisation needs features of shape (N ≥ 2, {head.in_features}), got {tuple(features.shape)}")
+    features = features.detach().to("cpu", torch.float64)
     mean = features.mean(0)
-    centred = features - mean
-    dim, feature_dim = head.out_features, head.in_features
-    # Right singular vectors of the centred data = principal directions; with fewer
-    # samples than dim, complete them with an orthonormal basis of the rest.
+    rows = principal_directions(features - mean, head.out_features)
+    head.weight.copy_(rows.to(head.weight))
+    head.bias.copy_((-rows @ mean).to(head.bias))
+
+
+def principal_directions(centred: torch.Tensor, count: int) -> torch.Tensor:
+    """`count` orthonormal rows, the leading principal directions of `centred` first.
+
+    Fewer samples than dimensions give fewer directions: the rest is completed with an
+    orthonormal basis of their complement. Beyond the feature dimension no orthonormal
+    rows exist, so extra rows are zero (the map stays an isometry, and they still train).
+    Each direction's sign is fixed (largest-magnitude entry positive) for determinism."""
+    feature_dim = centred.shape[1]
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    directions = vh[:dim]
-    if len(directions) < dim:
-        directions = _complete_orthonormal(directions, dim, feature_dim)
-    head.weight.copy_(directions.to(head.weight))
-    head.bias.copy_((-directions @ mean).to(head.bias))
+    rows = vh[: min(count, feature_dim)]
+    rows = rows * torch.sign(rows.gather(1, rows.abs().argmax(1, keepdim=True)))
+    missing = min(count, feature_dim) - len(rows)
+    if missing:
+        rows = torch.cat([rows, _orthonormal_complement(rows, missing)])
+    if count > feature_dim:
+        rows = torch.cat([rows, rows.new_zeros(count - feature_dim, feature_dim)])
+    return rows
 
 
-def _complete_orthonormal(rows: torch.Tensor, dim: int, feature_dim: int) -> torch.Tensor:
+def _orthonormal_complement(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """`count` orthonormal rows orthogonal to the orthonormal `rows`."""
     generator = torch.Generator().manual_seed(0)
-    extra = torch.randn(dim - len(rows), feature_dim, generator=generator)
-    q, _ = torch.linalg.qr(torch.cat([rows, extra]).t())
-    basis = q.t()[:dim]
-    basis[: len(rows)] = rows  # QR may flip signs; keep the principal rows as they are
-    return basis
+    extra = torch.randn(rows.shape[1], count, generator=generator, dtype=rows.dtype)
+    q, _ = torch.linalg.qr(torch.cat([rows.t(), extra], dim=1))
+    return q[:, len(rows):].t()
 
 
 def freeze_backbone(net: EmbeddingNet, frozen: bool = True) -> None:
+    """Stop (or restart) training the backbone: no gradients, and while frozen it stays
+    in eval mode so BatchNorm statistics do not drift either."""
     for parameter in net.backbone.parameters():
         parameter.requires_grad_(not frozen)
+    net.backbone_frozen = frozen
+    net.backbone.train(net.training and not frozen)
 
 
 def model_fingerprint(net: nn.Module, *, part: str = "all") -> str:
-    """Stable hash of the architecture config and every weight; `part="backbone"` hashes
-    only what pooled features depend on (so a feature cache survives head changes)."""
-    digest = hashlib.sha256()
+    """Stable hex hash of the architecture config and every weight and buffer: equal
+    for equal weights, different when any changes. `part="backbone"` hashes only what
+    the pooled features depend on (so a feature cache survives head changes)."""
+    if part not in ("all", "backbone"):
+        raise ValueError(f"part must be 'all' or 'backbone', not {part!r}")
     config = net.config() if hasattr(net, "config") else {"class": type(net).__name__}
+    module = net
     if part == "backbone":
         config = {"name": config.get("name"), "spec": config.get("spec")}
         module = net.backbone
-    else:
-        module = net
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for key, tensor in module.state_dict().items():
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        # Raw bytes of any dtype (numpy has no bfloat16).
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:24]
