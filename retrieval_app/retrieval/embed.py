@@ -35,7 +35,11 @@ class EmbeddingResult:
 
 
 def default_workers() -> int:
-    return min(2, os.cpu_count() or 1)
+    """Decoding workers. On 2 cores the forward pass already uses both, and decoding in
+    the main thread between batches measured faster (93 % of model-only on
+    caltech101_dev) than 1–2 worker processes (90 %), which add IPC for no extra CPU."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores - 1)
 
 
 def output_dim(net, output: str) -> int:

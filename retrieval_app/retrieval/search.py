@@ -83,7 +83,7 @@ class ExactIndex(NearestNeighbourIndex):
 class FaissIndex(NearestNeighbourIndex):
     """HNSW (M=32) over L2 or inner product; efSearch scales with k."""
 
-    def __init__(self, vectors: np.ndarray, distance: str = "euclidean", *, m: int = 32, ef_construction: int = 200, ef_search: int = 128) -> None:
+    def __init__(self, vectors: np.ndarray, distance: str = "euclidean", *, m: int = 32, ef_construction: int = 200, ef_search: int = 256) -> None:
         import faiss  # optional extra
 
         self.faiss = faiss
