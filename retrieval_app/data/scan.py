@@ -2,26 +2,38 @@
 
 First-level sub-folders are the classes; images anywhere below one belong to it. Each
 image's id is its POSIX path relative to the root: stable across runs and machines, so
-caches and the UI can refer to it. Unreadable files are skipped and reported, never fatal."""
+caches and the UI can refer to it. Unreadable files are skipped and reported, never fatal.
+
+Symbolic links: linked files are followed; a linked class folder is followed; a linked
+folder below a class folder is followed only when it points outside the root (one that
+points into the root is scanned where it lives, or is a loop), and every real folder is
+walked at most once, so link loops end."""
 
 from __future__ import annotations
 
 import os
+import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from ..errors import DatasetError
+from ..errors import DatasetError, ImageDecodeError
+from .decode import check_image_file
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm"})
-HOW_TO_LAYOUT = "put images in one sub-folder per class, e.g. root/cats/*.jpg and root/dogs/*.jpg"
+LAYOUT_HINT = "needs at least two class sub-folders with images, e.g. root/cats/*.jpg, root/dogs/*.jpg"
+SUMMARY_MAX_LINES = 5  # skipped files and warnings listed in `summary()`; the rest counted
+SUMMARY_MAX_CLASSES = 12  # more classes: only the per-class count range
 
 
 @dataclass(frozen=True)
 class ImageRecord:
+    """One usable image: `id` is its POSIX path relative to the scanned root, `path` the
+    absolute path (`root / id`), `label` the index of `class_name` in the scan's classes."""
+
     id: str
     path: Path
     label: int
@@ -32,12 +44,17 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class SkippedFile:
+    """A file (or folder) left out of the scan: its path relative to the root, and why."""
+
     path: str
     reason: str
 
 
 @dataclass
 class ScanResult:
+    """Classes (sorted names with at least one usable image), records sorted by id, and
+    what was skipped or looks wrong."""
+
     root: Path
     classes: list[str]
     records: list[ImageRecord]
@@ -45,111 +62,174 @@ class ScanResult:
     warnings: list[str] = field(default_factory=list)
 
     def labels(self) -> np.ndarray:
+        """The records' labels as an int64 array, in record order."""
         return np.asarray([r.label for r in self.records], dtype=np.int64)
 
     def class_counts(self) -> dict[str, int]:
+        """Images per class, in class order."""
         counts = Counter(r.class_name for r in self.records)
         return {name: counts[name] for name in self.classes}
 
     def summary(self) -> str:
+        """A few lines for the CLI and the UI."""
         counts = self.class_counts()
-        lines = [f"{len(self.records)} images in {len(self.classes)} classes ({self.root})"]
-        lines += [f"  {name}: {n}" for name, n in counts.items()]
+        lines = [f"{len(self.records)} images in {len(self.classes)} classes in {self.root}"]
+        if len(counts) <= SUMMARY_MAX_CLASSES:
+            lines.append("  " + ", ".join(f"{name} {n}" for name, n in counts.items()))
+        else:
+            smallest, largest = min(counts, key=counts.get), max(counts, key=counts.get)
+            median = statistics.median(counts.values())
+            lines.append(f"  images per class: min {counts[smallest]} ({smallest}), median {median:g}, max {counts[largest]} ({largest})")
         if self.skipped:
             lines.append(f"{len(self.skipped)} files skipped:")
-            lines += [f"  {s.path}: {s.reason}" for s in self.skipped]
-        lines += [f"warning: {w}" for w in self.warnings]
+            lines += _capped([f"  {s.path}: {s.reason}" for s in self.skipped], "files")
+        lines += _capped([f"warning: {w}" for w in self.warnings], "warnings")
         return "\n".join(lines)
 
 
-def scan_folder(root: str | os.PathLike, *, check_images: bool = True) -> ScanResult:
-    """Scan `root`; raise `DatasetError` when it cannot serve as a labelled image set."""
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise DatasetError(f"folder {root} does not exist")
-    if not root.is_dir():
-        raise DatasetError(f"{root} is not a folder; {HOW_TO_LAYOUT}")
-    root = root.resolve()
-    skipped: list[SkippedFile] = []
-    warnings: list[str] = []
-    found: dict[str, list[Path]] = {}
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            found[entry.name] = _images_below(Path(entry.path), skipped, root)
-        elif _is_image_name(entry.name):
-            skipped.append(SkippedFile(entry.name, "not inside a class folder"))
+def _capped(lines: list[str], what: str) -> list[str]:
+    if len(lines) <= SUMMARY_MAX_LINES:
+        return lines
+    return lines[:SUMMARY_MAX_LINES] + [f"  ... and {len(lines) - SUMMARY_MAX_LINES} more {what}"]
 
-    usable: dict[str, list[tuple[Path, os.stat_result]]] = {}
-    for class_name, paths in found.items():
-        good = []
-        for path in paths:
-            reason = _unreadable_reason(path) if check_images else None
-            if reason:
-                skipped.append(SkippedFile(_relative(path, root), reason))
-            else:
-                good.append((path, path.stat()))
+
+def scan_folder(root: str | os.PathLike, *, check_images: bool = True) -> ScanResult:
+    """Scan `root`, whose first-level sub-folders are the classes.
+
+    With `check_images`, every file is checked cheaply with PIL (`check_image_file`) and
+    one that cannot be read is skipped with its reason. Raises `DatasetError` when `root`
+    is missing or not a folder, holds no images, or fewer than two usable classes."""
+    root = _checked_root(root)
+    walker = _Walker(root)
+    class_folders, loose_images = walker.top_level()
+    found = {name: sorted(walker.images_below(folder)) for name, folder in class_folders}
+    skipped = [SkippedFile(name, "not inside a class folder") for name in loose_images] + walker.skipped
+    usable, warnings = {}, []
+    for name, paths in found.items():
+        good = _usable(paths, root, skipped, check_images)
         if good:
-            usable[class_name] = good
+            usable[name] = good
         else:
-            warnings.append(f"class folder '{class_name}' has no usable images and is ignored")
+            what = "no readable images" if paths else "no images"
+            warnings.append(f"class folder '{name}' has {what} and is ignored")
+    _require_two_classes(root, usable, found, loose_images, skipped)
     classes = sorted(usable)
-    if not classes:
-        raise DatasetError(f"no images found in {root}; {HOW_TO_LAYOUT}")
-    if len(classes) < 2:
-        raise DatasetError(f"found only one class ('{classes[0]}') in {root}; needs at least two class sub-folders with images ({HOW_TO_LAYOUT})")
-    records = [
-        ImageRecord(_relative(path, root), path, label, name, st.st_size, st.st_mtime_ns)
-        for label, name in enumerate(classes)
-        for path, st in usable[name]
-    ]
-    records.sort(key=lambda r: r.id)
-    for name in classes:
-        if len(usable[name]) == 1:
-            warnings.append(f"class '{name}' has only one image: it cannot be an anchor for training")
+    records = sorted(
+        (ImageRecord(_relative(path, root), path, label, name, st.st_size, st.st_mtime_ns) for label, name in enumerate(classes) for path, st in usable[name]),
+        key=lambda r: r.id,
+    )
+    warnings += [f"class '{name}' has only one image: it cannot be an anchor for training" for name in classes if len(usable[name]) == 1]
+    skipped.sort(key=lambda s: s.path)
     return ScanResult(root, classes, records, skipped, warnings)
 
 
-def _images_below(folder: Path, skipped: list[SkippedFile], root: Path) -> list[Path]:
-    images = []
-    seen_dirs: set[tuple[int, int]] = set()
-    # followlinks with a visited set: symlinked folders are read once, loops are cut.
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        st = os.stat(dirpath)
-        if (st.st_dev, st.st_ino) in seen_dirs:
-            dirnames[:] = []
-            continue
-        seen_dirs.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
+def _checked_root(root: str | os.PathLike) -> Path:
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise DatasetError(f"folder {path} does not exist")
+    if not path.is_dir():
+        raise DatasetError(f"{path} is not a folder; the data set {LAYOUT_HINT}")
+    return path.resolve()
+
+
+def _usable(paths: list[Path], root: Path, skipped: list[SkippedFile], check_images: bool) -> list[tuple[Path, os.stat_result]]:
+    good = []
+    for path in paths:
+        try:
+            if check_images:
+                check_image_file(path)
+            good.append((path, path.stat()))
+        except ImageDecodeError as exc:
+            skipped.append(SkippedFile(_relative(path, root), getattr(exc, "reason", str(exc))))
+        except OSError as exc:  # vanished or unreadable between listing and checking
+            skipped.append(SkippedFile(_relative(path, root), f"cannot be read ({exc.strerror or exc})"))
+    return good
+
+
+def _require_two_classes(root: Path, usable: dict, found: dict, loose_images: list[str], skipped: list[SkippedFile]) -> None:
+    if not usable:
+        n_found = sum(len(paths) for paths in found.values())
+        if n_found:
+            example = next(s for s in skipped if s.reason != "not inside a class folder")
+            raise DatasetError(f"none of the {n_found} images in {root} could be read (e.g. {example.path}: {example.reason})")
+        if loose_images:
+            raise DatasetError(f"found {len(loose_images)} images directly in {root} but no class sub-folders; the data set {LAYOUT_HINT}")
+        raise DatasetError(f"no images found in {root}; the data set {LAYOUT_HINT}")
+    if len(usable) < 2:
+        (only,) = usable
+        hint = ""
+        if any(Path(p).parent != root / only for p, _ in usable[only]):
+            hint = f" (if '{only}' holds the class folders, open {root / only} instead)"
+        raise DatasetError(f"found only one class ('{only}') in {root}; the data set {LAYOUT_HINT}{hint}")
+
+
+class _Walker:
+    """Lists image files below the root, following links without looping."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.skipped: list[SkippedFile] = []
+        self.visited: set[tuple[int, int]] = {_identity(root)}
+
+    def top_level(self) -> tuple[list[tuple[str, Path]], list[str]]:
+        """(class name, folder) pairs and the names of image files lying loose in the root."""
+        try:
+            entries = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except OSError as exc:
+            raise DatasetError(f"cannot read folder {self.root} ({exc.strerror or exc})") from exc
+        folders, loose = [], []
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            path = Path(dirpath) / name
-            if _is_image_name(name):
-                if path.is_file():
-                    images.append(path)
-                else:
-                    skipped.append(SkippedFile(_relative(path, root), "broken link or not a regular file"))
-    return images
+            if entry.is_dir():
+                folders.append((entry.name, Path(entry.path)))
+            elif _is_image_name(entry.name):
+                loose.append(entry.name)
+        return folders, loose
+
+    def images_below(self, folder: Path) -> Iterator[Path]:
+        pending = [folder]
+        while pending:
+            current = pending.pop()
+            entries = self._entries(current)
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    if not entry.is_symlink() or self._link_leads_outside(entry):
+                        pending.append(Path(entry.path))
+                elif _is_image_name(entry.name):
+                    if entry.is_file():
+                        yield Path(entry.path)
+                    else:
+                        self.skipped.append(SkippedFile(_relative(Path(entry.path), self.root), "broken link or not a regular file"))
+
+    def _entries(self, folder: Path) -> list[os.DirEntry]:
+        """The folder's entries, or none when it was walked already (a loop) or is unreadable."""
+        try:
+            identity = _identity(folder)
+            if identity in self.visited:
+                return []
+            self.visited.add(identity)
+            with os.scandir(folder) as it:
+                return sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            self.skipped.append(SkippedFile(_relative(folder, self.root) + "/", f"folder cannot be read ({exc.strerror or exc})"))
+            return []
+
+    def _link_leads_outside(self, entry: os.DirEntry) -> bool:
+        """Follow a folder link below a class only into a tree disjoint from the root's."""
+        target = Path(os.path.realpath(entry.path))
+        return not (target.is_relative_to(self.root) or self.root.is_relative_to(target))
+
+
+def _identity(folder: Path) -> tuple[int, int]:
+    st = os.stat(folder)
+    return st.st_dev, st.st_ino
 
 
 def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def _unreadable_reason(path: Path) -> str | None:
-    try:
-        if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
-        with Image.open(path) as image:
-            image.verify()  # checks headers and structure without a full decode
-    except UnidentifiedImageError:
-        return "not a recognised image file"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        text = str(exc) or type(exc).__name__
-        return "file is truncated" if "truncat" in text.lower() else f"cannot be decoded: {text}"
-    return None
 
 
 def _relative(path: Path, root: Path) -> str:
