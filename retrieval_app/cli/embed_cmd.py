@@ -1,4 +1,4 @@
-"""`retrieval-app embed FOLDER --model M [--out FILE.npz]`"""
+"""`retrieval-app embed FOLDER --model M [--out FILE.npz] [--batch-size N] [--device D]`"""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ from .common import add_model_arguments, build_gallery
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("embed", help="embed a folder (cached) and optionally save the embeddings", description="Embed every image of FOLDER with a model; unchanged files come from the cache.")
+    parser = subparsers.add_parser(
+        "embed", help="embed a folder (cached) and optionally save the embeddings",
+        description="Embed every image of FOLDER with a model. Unchanged files come from the on-disk cache, "
+        "so a second run is near-instant; new or changed files are embedded alone.",
+    )
     parser.add_argument("folder")
     add_model_arguments(parser)
-    parser.add_argument("--out", default=None, help="write embeddings + ids/classes/paths to this .npz")
+    parser.add_argument("--out", default=None, metavar="FILE.npz", help="also write embeddings + ids/classes/paths to this .npz")
     parser.set_defaults(func=run)
 
 
@@ -20,10 +24,13 @@ def run(args: argparse.Namespace) -> int:
     from ..retrieval import export_embeddings
 
     scan, gallery = build_gallery(args.folder, args)
-    print(f"{len(gallery)} images embedded ({gallery.embeddings.shape[1]} dims): {gallery.n_cached} from cache, {gallery.n_computed} computed")
-    for path, reason in [*((s.path, s.reason) for s in scan.skipped), *gallery.failures]:
+    removed = f", {gallery.n_removed} removed files dropped from the cache" if gallery.n_removed else ""
+    print(f"{len(gallery)} images in {len(gallery.classes)} classes embedded ({gallery.embeddings.shape[1]} dims): "
+          f"{gallery.n_cached} from cache, {gallery.n_computed} computed{removed}")
+    skipped = [*((s.path, s.reason) for s in scan.skipped), *gallery.failures]
+    for path, reason in skipped:
         print(f"  skipped {path}: {reason}", file=sys.stderr)
     if args.out:
-        written = export_embeddings(gallery.records, gallery.embeddings, args.out, "npz")
-        print(f"wrote {written[0]}")
+        (written,) = export_embeddings(gallery.records, gallery.embeddings, args.out, "npz", classes=gallery.classes)
+        print(f"wrote {written}")
     return 0

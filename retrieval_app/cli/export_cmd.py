@@ -9,7 +9,11 @@ from .common import add_model_arguments, build_gallery
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("export", help="export embeddings + metadata", description="Export FOLDER's embeddings with id/class/path: .npz, CSV, Parquet, or TensorBoard Projector's vectors.tsv + metadata.tsv (PATH is then a folder).")
+    parser = subparsers.add_parser(
+        "export", help="export embeddings + metadata",
+        description="Export FOLDER's embeddings with each image's id, class and path: .npz, CSV, Parquet "
+        "(needs pyarrow), or TensorBoard Embedding Projector's vectors.tsv + metadata.tsv (PATH is then a folder).",
+    )
     parser.add_argument("folder")
     add_model_arguments(parser)
     parser.add_argument("--format", required=True, choices=FORMATS)
@@ -20,7 +24,18 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..retrieval import export_embeddings
 
+    if args.format == "parquet":
+        _require_pyarrow()  # before embedding, not after
     _, gallery = build_gallery(args.folder, args)
-    for path in export_embeddings(gallery.records, gallery.embeddings, args.out, args.format):
+    for path in export_embeddings(gallery.records, gallery.embeddings, args.out, args.format, classes=gallery.classes):
         print(f"wrote {path}")
     return 0
+
+
+def _require_pyarrow() -> None:
+    from ..errors import RetrievalAppError
+
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise RetrievalAppError("Parquet export needs pyarrow: pip install 'retrieval-app[parquet]' (or use --format npz/csv)") from None

@@ -9,12 +9,16 @@ from .common import add_model_arguments, build_gallery
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("map", help="a standalone interactive HTML map of the embedding space", description="Lay out FOLDER's embeddings in 2-D and write an interactive HTML map (opens offline).")
+    parser = subparsers.add_parser(
+        "map", help="a standalone interactive HTML map of the embedding space",
+        description="Lay out FOLDER's embeddings in 2-D (UMAP, PCA or t-SNE) and write an interactive HTML map: "
+        "one colour per class, hover shows each image's id, class and path; opens offline.",
+    )
     parser.add_argument("folder")
     add_model_arguments(parser)
-    parser.add_argument("--method", default="umap", choices=METHODS)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="map.html")
+    parser.add_argument("--method", default="umap", choices=METHODS, help="default umap")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of UMAP / t-SNE (same seed, same map)")
+    parser.add_argument("--out", default="map.html", metavar="FILE.html")
     parser.set_defaults(func=run)
 
 
@@ -25,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     projection = compute_projection(gallery.embeddings, args.method, seed=args.seed)
     if projection.note:
         print(projection.note)
-    out = export_map_html(gallery.records, projection.coords, gallery.classes, args.out, title=f"{args.folder} — {projection.method.upper()} of {args.model}")
+    title = f"{gallery.root.name}: {projection.method.upper()} map of {len(gallery)} images, model {args.model}"
+    out = export_map_html(gallery.records, projection.coords, gallery.classes, args.out, title=title)
     print(f"wrote {out}")
     return 0

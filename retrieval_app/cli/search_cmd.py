@@ -7,32 +7,49 @@ import json
 from pathlib import Path
 
 from ..errors import RetrievalAppError
+from ..retrieval.search import BACKENDS
 from .common import add_model_arguments, build_gallery
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("search", help="nearest gallery images of query images", description="Find the k nearest images of FOLDER for each query image.")
+    parser = subparsers.add_parser(
+        "search", help="nearest gallery images of query images",
+        description="Find the k nearest images of the gallery FOLDER for each query image, ranked by the "
+        "distance the model was trained with.",
+    )
     parser.add_argument("queries", nargs="+", metavar="QUERY_IMAGE")
-    parser.add_argument("--gallery", required=True, metavar="FOLDER")
+    parser.add_argument("--gallery", required=True, metavar="FOLDER", help="a folder of class sub-folders")
     add_model_arguments(parser)
-    parser.add_argument("-k", type=int, default=10)
-    parser.add_argument("--json", action="store_true", help="one JSON object per query per line")
+    parser.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="exact search, FAISS, or auto (FAISS for large galleries)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per query per line: {query, neighbours: [{id, path, label, distance}]}")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..retrieval.search import build_index
+
     if args.k < 1:
-        raise RetrievalAppError("-k must be at least 1")
+        raise RetrievalAppError(f"-k must be at least 1, not {args.k}")
     for query in args.queries:
         if not Path(query).is_file():
             raise RetrievalAppError(f"query image {query} does not exist")
     _, gallery = build_gallery(args.gallery, args, quiet=args.json)
+    if args.backend != "auto":
+        gallery.index = build_index(gallery.embeddings, gallery.distance, args.backend)
     results = gallery.neighbours_of_images(args.queries, args.k)
     for query, neighbours in zip(args.queries, results):
         if args.json:
-            print(json.dumps({"query": query, "neighbours": [{"id": n.id, "path": str(n.path), "label": n.label, "distance": n.distance} for n in neighbours]}))
+            hits = [{"id": n.id, "path": str(n.path), "label": n.label, "distance": n.distance} for n in neighbours]
+            print(json.dumps({"query": query, "neighbours": hits}))
         else:
-            print(query)
-            for rank, n in enumerate(neighbours, 1):
-                print(f"  {rank:>3}. {n.distance:.4f}  {n.label:<20} {n.id}")
+            print_table(query, neighbours, gallery.distance)
     return 0
+
+
+def print_table(query: str, neighbours, distance: str) -> None:
+    width = max([len(n.label) for n in neighbours] + [5])
+    print(f"{query}  ({distance} distance)")
+    print(f"  {'rank':>4}  {'distance':>8}  {'class':<{width}}  id")
+    for rank, n in enumerate(neighbours, 1):
+        print(f"  {rank:>4}  {n.distance:8.4f}  {n.label:<{width}}  {n.id}")

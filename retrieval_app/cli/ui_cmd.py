@@ -11,8 +11,8 @@ from ..errors import RetrievalAppError
 def register(subparsers) -> None:
     parser = subparsers.add_parser("ui", help="open the app in the browser (default command)", description="Launch the Gradio app on FOLDER (default: sample_data/).")
     parser.add_argument("folder", nargs="?", default=None, help="image folder to open (default: sample_data/)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: the local network)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--share", action="store_true", help="ask Gradio for a public link (login required, folders restricted)")
     parser.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login (with --share a password is generated when omitted)")
     parser.add_argument("--data-root", action="append", default=None, metavar="FOLDER", help="folders that may be loaded in share mode (repeatable; default: FOLDER and sample_data/)")

@@ -1,14 +1,17 @@
-"""Embedding extraction and caching, nearest-neighbour search, 2-D maps and export."""
+"""Embedding extraction and caching, nearest-neighbour search, 2-D maps and export.
+
+Importing this package is cheap: umap-learn, scikit-learn, faiss, plotly and pyarrow are
+imported only by the functions that need them."""
 
 from .cache import cached_embeddings
-from .embed import EmbeddingResult, embed_images, embed_records
+from .embed import EmbeddingCancelled, EmbeddingResult, embed_images, embed_records
 from .export import FORMATS, export_embeddings, export_map_html, map_figure
 from .gallery import Gallery, Neighbour
 from .projection import METHODS, Projection, compute_projection
-from .search import ExactIndex, FaissIndex, build_index
+from .search import BACKENDS, ExactIndex, FaissIndex, NearestNeighbourIndex, build_index
 
 __all__ = [
-    "EmbeddingResult", "ExactIndex", "FORMATS", "FaissIndex", "Gallery", "METHODS", "Neighbour", "Projection",
-    "build_index", "cached_embeddings", "compute_projection", "embed_images", "embed_records",
-    "export_embeddings", "export_map_html", "map_figure",
+    "BACKENDS", "EmbeddingCancelled", "EmbeddingResult", "ExactIndex", "FORMATS", "FaissIndex", "Gallery", "METHODS",
+    "NearestNeighbourIndex", "Neighbour", "Projection", "build_index", "cached_embeddings", "compute_projection",
+    "embed_images", "embed_records", "export_embeddings", "export_map_html", "map_figure",
 ]

@@ -1,20 +1,42 @@
-"""On-disk embedding cache.
+"""On-disk embedding cache: re-opening an unchanged folder reads vectors instead of
+running the network; added or changed files are embedded alone; removed files drop out.
 
-Layout: `<cache_dir>/embeddings/<model key>/<folder key>.npz`, where
-- model key = `model_fingerprint` (only the backbone for `output="features"`, so a
-  feature cache survives any change of the head) + output kind + the eval transform;
-- folder key = hash of the folder's absolute path (ids are relative to it).
-Each `.npz` holds `ids` (str), `sizes` (int64), `mtimes` (int64 ns) and `vectors`
-(float32, N × D). A file is reused when its id, size and mtime all match; added or
-changed files are embedded alone; removed files drop out when the store is rewritten.
-Stores are replaced atomically (temp file + rename), and one that cannot be read is
-ignored with a warning and rebuilt. Nothing is ever written into the image folder."""
+Layout (never inside the image folder):
+
+    <cache_dir>/embeddings/<model key>/<folder key>/store.npz
+    <cache_dir>/embeddings/<model key>/<folder key>/part-<time ns>-<pid>.npz   (pending)
+
+- `<cache_dir>` is `paths.cache_dir()` unless given (env `RETRIEVAL_APP_CACHE_DIR`).
+- model key = `<backbone name>-<model_fingerprint>-<output>-<transform hash>`: the
+  fingerprint hashes the architecture and every weight (only the backbone's for
+  `output="features"`, so a feature cache survives any change of the head); the
+  transform hash covers the eval transform's description and the JPEG decode size, so
+  anything that changes the pixels the network sees changes the key.
+- folder key = first 16 hex digits of SHA-256 of the folder's absolute path (image ids
+  are relative to it).
+- Each `.npz` (plain NumPy, no pickles) holds `ids` (str, the image id = POSIX path
+  relative to the folder), `sizes` (int64 bytes), `mtimes` (int64 ns) and `vectors`
+  (float32, N × D), plus `format` (int, 1). A file's vector is reused only when its id,
+  size and mtime all match.
+- While a run computes, every `FLUSH_ROWS` new vectors (and whatever is done when it is
+  cancelled or fails) are written as a `part-*.npz`, so a killed or cancelled run
+  keeps its work; at the end everything is merged into `store.npz`, which then holds
+  exactly the records asked for, and the parts are deleted. Readers merge the store and
+  then the parts in name (time) order.
+- Every file is written atomically (temp file + fsync + rename): a killed process
+  leaves the old file or the new one, never a torn one. A file that cannot be read
+  anyway (foreign, truncated by other means) is skipped with a warning and rebuilt.
+- Unreadable images are not cached (they are retried next time)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
+import time
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -24,86 +46,238 @@ from ..atomic import atomic_numpy_save
 from ..data.scan import ImageRecord, ScanResult
 from ..networks import model_fingerprint
 from ..paths import cache_dir as default_cache_dir
-from .embed import EmbeddingResult, ProgressFn, embed_records
+from .embed import EmbeddingResult, ProgressFn, _check_output, _decode_max_side, iter_embedded_batches, output_dim, store_batch
 
 log = logging.getLogger(__name__)
 
+CACHE_FORMAT = 1
+STORE_NAME = "store.npz"
+PART_PREFIX = "part-"
+FLUSH_ROWS = 1024  # new vectors per pending part file (≈ 25 s of CPU embedding)
 
+
+# ----------------------------------------------------------------------------- keys
 def model_cache_key(net, output: str) -> str:
-    part = "backbone" if output == "features" else "all"
-    transform = repr(net.eval_transform())
-    extra = hashlib.sha256(f"{output}|{transform}".encode()).hexdigest()[:8]
-    return f"{net.spec.name}-{model_fingerprint(net, part=part)}-{output}-{extra}"
+    """What the cached vectors depend on besides the files: weights, output, transform."""
+    _check_output(output)
+    spec = getattr(net, "spec", None)
+    name = getattr(spec, "name", type(net).__name__)
+    part = "backbone" if output == "features" and hasattr(net, "backbone") else "all"
+    fingerprint = model_fingerprint(net, part=part)
+    pixels = f"{net.eval_transform()!r}|max_side={_decode_max_side(net)}|format={CACHE_FORMAT}"
+    transform = hashlib.sha256(pixels.encode()).hexdigest()[:8]
+    return f"{name}-{fingerprint}-{output}-{transform}"
 
 
-def store_path(net, root: Path, output: str, cache_dir: Path | None = None) -> Path:
+def folder_key(root: str | os.PathLike) -> str:
+    return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
+
+
+def store_dir(net, root: str | os.PathLike, output: str = "embeddings", cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder holding the cache of `root`'s images under `net` and `output`."""
     base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder_key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
-    return base / "embeddings" / model_cache_key(net, output) / f"{folder_key}.npz"
+    return base / "embeddings" / model_cache_key(net, output) / folder_key(root)
 
 
-def _root_of(records: Sequence[ImageRecord]) -> Path:
+def store_path(net, root: str | os.PathLike, output: str = "embeddings", cache_dir: str | os.PathLike | None = None) -> Path:
+    """The consolidated store file (see the module docstring)."""
+    return store_dir(net, root, output, cache_dir) / STORE_NAME
+
+
+def root_of(records: Sequence[ImageRecord]) -> Path:
+    """The scanned folder: each record's path is root / id."""
     first = records[0]
     depth = len(Path(first.id).parts)
     return Path(first.path).parents[depth - 1]
 
 
-def _read_store(path: Path) -> dict[str, tuple[int, int, np.ndarray]]:
-    if not path.is_file():
-        return {}
+# ----------------------------------------------------------------------------- reading
+@dataclass
+class StoredVectors:
+    """Cached rows merged from the store and its parts: `position[id]` indexes the arrays."""
+
+    ids: np.ndarray
+    sizes: np.ndarray
+    mtimes: np.ndarray
+    vectors: np.ndarray
+    files: list[Path]  # every file read or found unreadable (deleted after a merge)
+    damaged: bool = False
+
+    @property
+    def dim(self) -> int | None:
+        return self.vectors.shape[1] if len(self.vectors) else None
+
+    def positions(self) -> dict[str, int]:
+        # Later rows (newer parts) win: dict assignment keeps the last position of an id.
+        return {key: i for i, key in enumerate(self.ids.tolist())}
+
+
+def _read_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        ids, sizes, mtimes, vectors = (data[key] for key in ("ids", "sizes", "mtimes", "vectors"))
+    if not (len(ids) == len(sizes) == len(mtimes) == len(vectors)) or vectors.ndim != 2:
+        raise ValueError("arrays of inconsistent shapes")
+    return ids.astype(str), sizes.astype(np.int64), mtimes.astype(np.int64), vectors.astype(np.float32, copy=False)
+
+
+def read_store(folder: Path) -> StoredVectors:
+    """Everything cached in `folder`; unreadable files are skipped with a warning."""
+    names = [STORE_NAME] + sorted(p.name for p in folder.glob(f"{PART_PREFIX}*.npz")) if folder.is_dir() else []
+    arrays, files, damaged, dim = [], [], False, None
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            continue
+        files.append(path)
+        try:
+            ids, sizes, mtimes, vectors = _read_file(path)
+            if len(vectors) and dim is not None and vectors.shape[1] != dim:
+                raise ValueError(f"{vectors.shape[1]}-d vectors among {dim}-d ones")
+        except Exception as exc:  # torn, truncated or foreign: rebuild rather than fail
+            log.warning("ignoring unreadable embedding cache file %s (%s); it will be rebuilt", path, exc)
+            damaged = True
+            continue
+        if len(vectors):
+            dim = vectors.shape[1]
+            arrays.append((ids, sizes, mtimes, vectors))
+    if not arrays:
+        return StoredVectors(np.zeros(0, dtype=str), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.float32), files, damaged)
+    ids, sizes, mtimes, vectors = (np.concatenate(column) for column in zip(*arrays))
+    return StoredVectors(ids, sizes, mtimes, vectors, files, damaged)
+
+
+# ----------------------------------------------------------------------------- writing
+def _save(path: Path, ids: Sequence[str], sizes: Sequence[int], mtimes: Sequence[int], vectors: np.ndarray) -> None:
+    atomic_numpy_save(
+        path,
+        ids=np.asarray(list(ids), dtype=str),
+        sizes=np.asarray(list(sizes), dtype=np.int64),
+        mtimes=np.asarray(list(mtimes), dtype=np.int64),
+        vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+        format=np.int64(CACHE_FORMAT),
+    )
+
+
+class _PendingWriter:
+    """Collects freshly computed rows and writes them as part files every `flush_rows`."""
+
+    def __init__(self, folder: Path, records: Sequence[ImageRecord], flush_rows: int) -> None:
+        self.folder, self.records, self.flush_rows = folder, records, flush_rows
+        self.rows: list[np.ndarray] = []
+        self.vectors: list[np.ndarray] = []
+        self.written: list[Path] = []
+
+    def add(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        if len(rows):
+            self.rows.append(rows)
+            self.vectors.append(vectors)
+        if sum(len(r) for r in self.rows) >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        rows, vectors = np.concatenate(self.rows), np.concatenate(self.vectors)
+        self.rows, self.vectors = [], []
+        records = [self.records[i] for i in rows]
+        path = self.folder / f"{PART_PREFIX}{time.time_ns():020d}-{os.getpid()}.npz"
+        try:
+            _save(path, [r.id for r in records], [r.size for r in records], [r.mtime_ns for r in records], vectors)
+            self.written.append(path)
+        except OSError as exc:  # a full or read-only cache costs speed, never the result
+            log.warning("could not write embedding cache file %s: %s", path, exc)
+
+
+def _merge(folder: Path, records: Sequence[ImageRecord], result: EmbeddingResult, superseded: Sequence[Path]) -> None:
+    """Write the store for exactly `records` (those embedded), then delete the files it replaces."""
+    good = np.flatnonzero(result.ok)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            ids, sizes, mtimes, vectors = data["ids"], data["sizes"], data["mtimes"], data["vectors"]
-            if not (len(ids) == len(sizes) == len(mtimes) == len(vectors)):
-                raise ValueError("arrays of different lengths")
-            return {str(i): (int(s), int(m), v) for i, s, m, v in zip(ids, sizes, mtimes, vectors)}
-    except Exception as exc:  # torn, truncated or foreign file: rebuild rather than fail
-        log.warning("ignoring unreadable embedding cache %s (%s); it will be rebuilt", path, exc)
-        return {}
+        _save(folder / STORE_NAME, [records[i].id for i in good], [records[i].size for i in good], [records[i].mtime_ns for i in good], result.embeddings[good])
+    except OSError as exc:
+        log.warning("could not write embedding cache %s: %s", folder / STORE_NAME, exc)
+        return
+    for path in superseded:
+        if path.name != STORE_NAME:
+            path.unlink(missing_ok=True)
 
 
-def cached_embeddings(net, scan_or_records: ScanResult | Sequence[ImageRecord], *, cache_dir: Path | None = None, output: str = "embeddings", batch_size: int = 32, num_workers: int | None = None, device=None, progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> EmbeddingResult:
-    """Embeddings of every record, from the cache where the file is unchanged.
+# ----------------------------------------------------------------------------- the cache
+def cached_embeddings(
+    net,
+    scan_or_records: ScanResult | Sequence[ImageRecord],
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    output: str = "embeddings",
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    device=None,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    flush_rows: int = FLUSH_ROWS,
+) -> EmbeddingResult:
+    """Embeddings of every record (in order), read from the cache where the file is
+    unchanged and computed (then cached) where it is new or changed.
 
-    The store afterwards mirrors exactly the records asked for, so pass a whole folder."""
+    The result's `n_cached`, `n_computed` and `n_removed` (cached files no longer among
+    the records) say what happened. Afterwards the store mirrors exactly these records,
+    so pass a whole folder. Work done before a cancel or crash stays cached."""
+    _check_output(output)
     records = list(scan_or_records.records if isinstance(scan_or_records, ScanResult) else scan_or_records)
     if not records:
-        return embed_records(net, records, output=output)
-    path = store_path(net, _root_of(records), output, cache_dir)
-    stored = _read_store(path)
-    hits, misses = [], []
-    for row, record in enumerate(records):
-        entry = stored.get(record.id)
-        if entry is not None and entry[0] == record.size and entry[1] == record.mtime_ns:
-            hits.append(row)
-        else:
-            misses.append(row)
-    fresh = embed_records(net, [records[i] for i in misses], batch_size=batch_size, num_workers=num_workers, device=device, cancel=cancel, output=output,
-                          progress=None if progress is None else (lambda done, _total: progress(len(hits) + done, len(records)))) if misses else None
-    dim = fresh.embeddings.shape[1] if fresh is not None else len(next(iter(stored.values()))[2])
-    result = EmbeddingResult(np.zeros((len(records), dim), dtype=np.float32), np.zeros(len(records), dtype=bool), n_cached=len(hits), n_computed=len(misses))
-    for row in hits:
-        result.embeddings[row] = stored[records[row].id][2]
-        result.ok[row] = True
-    if fresh is not None:
-        result.embeddings[misses] = fresh.embeddings
-        result.ok[misses] = fresh.ok
-        result.failures = fresh.failures
+        return EmbeddingResult(np.zeros((0, output_dim(net, output) or 0), np.float32), np.zeros(0, bool))
+    folder = store_dir(net, root_of(records), output, cache_dir)
+    stored = read_store(folder)
+    hits, sources, misses = _match(records, stored)
+    result = EmbeddingResult(
+        np.zeros((len(records), stored.dim or output_dim(net, output) or 0), dtype=np.float32), np.zeros(len(records), dtype=bool),
+        n_cached=len(hits), n_computed=len(misses),
+    )
+    if len(hits):
+        if result.embeddings.shape[1] != stored.dim:
+            result.embeddings = np.zeros((len(records), stored.dim), dtype=np.float32)
+        result.embeddings[hits] = stored.vectors[sources]
+        result.ok[hits] = True
     current = {r.id for r in records}
-    result.n_removed = sum(1 for key in stored if key not in current)
-    if misses or result.n_removed:
-        _write_store(path, records, result)
+    result.n_removed = len(set(stored.ids.tolist()) - current)
     if progress is not None:
-        progress(len(records), len(records))
+        progress(len(hits), len(records))
+    writer = _PendingWriter(folder, records, flush_rows)
+    if len(misses):
+        _compute_misses(net, records, misses, result, writer, batch_size=batch_size, num_workers=num_workers, device=device, progress=progress, cancel=cancel, output=output, n_hits=len(hits))
+    merged_already = [p.name for p in stored.files] == [STORE_NAME]
+    if len(misses) or result.n_removed or stored.damaged or (stored.files and not merged_already):
+        _merge(folder, records, result, [*stored.files, *writer.written])
     return result
 
 
-def _write_store(path: Path, records: Sequence[ImageRecord], result: EmbeddingResult) -> None:
-    good = np.flatnonzero(result.ok)  # failed files are not cached: retried next time
-    atomic_numpy_save(
-        path,
-        ids=np.asarray([records[i].id for i in good], dtype=str),
-        sizes=np.asarray([records[i].size for i in good], dtype=np.int64),
-        mtimes=np.asarray([records[i].mtime_ns for i in good], dtype=np.int64),
-        vectors=result.embeddings[good],
-    )
+def _match(records: Sequence[ImageRecord], stored: StoredVectors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows served from the cache, their positions in `stored`, rows to compute)."""
+    position = stored.positions()
+    hits, sources, misses = [], [], []
+    for row, record in enumerate(records):
+        pos = position.get(record.id)
+        if pos is not None and stored.sizes[pos] == record.size and stored.mtimes[pos] == record.mtime_ns:
+            hits.append(row)
+            sources.append(pos)
+        else:
+            misses.append(row)
+    as_index = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731
+    return as_index(hits), as_index(sources), as_index(misses)
+
+
+def _compute_misses(net, records, misses: np.ndarray, result: EmbeddingResult, writer: _PendingWriter, *, n_hits: int, progress, **options) -> None:
+    """Embed the missing rows into `result`, handing each batch to `writer`; whatever was
+    computed is flushed to disk even when the run is cancelled or fails."""
+    subset = [records[i] for i in misses]
+    done = n_hits
+    batches = iter_embedded_batches(net, subset, **options)
+    try:
+        with closing(batches):
+            for batch in batches:
+                store_batch(result, batch, records, row_of=misses)
+                writer.add(misses[batch.rows], batch.vectors)
+                done += len(batch.rows) + len(batch.failures)
+                if progress is not None:
+                    progress(done, len(records))
+    finally:
+        writer.flush()

@@ -1,4 +1,17 @@
-"""Embeddings and maps out to formats other tools open. Every write is atomic."""
+"""Embeddings and maps out to formats other tools open. Every write is atomic.
+
+- `npz`: `embeddings` (N, D) float32, `ids`, `classes` (class name per image), `paths`,
+  `labels` (int64), `class_names` (all classes, label order).
+- `csv`: header `id,class,path,e0..e{D-1}`, one row per image, floats with 9
+  significant digits (float32 round-trips exactly).
+- `parquet` (needs pyarrow, `pip install 'retrieval-app[parquet]'`): columns `id`,
+  `class`, `path`, `label`, `embedding` (fixed-size list of float32).
+- `projector`: TensorBoard Embedding Projector's pair in a folder: `vectors.tsv`
+  (tab-separated floats, no header) and `metadata.tsv` (header row `id\\tclass\\tpath`:
+  the projector requires a header when there is more than one column; tabs and
+  newlines inside values are replaced by spaces).
+- `export_map_html`: a standalone interactive plotly map, plotly.js inlined (opens
+  offline), one trace per class, hover shows id, class and path."""
 
 from __future__ import annotations
 
@@ -14,80 +27,110 @@ from ..data.scan import ImageRecord
 from ..errors import RetrievalAppError
 
 FORMATS = ("npz", "csv", "parquet", "projector")
+WEBGL_FROM = 5_000  # points; below, SVG markers (sharper, no WebGL needed)
 
 
-def _metadata(records: Sequence[ImageRecord]) -> dict[str, list[str]]:
-    return {"id": [r.id for r in records], "class": [r.class_name for r in records], "path": [str(r.path) for r in records]}
-
-
-def export_embeddings(records: Sequence[ImageRecord], embeddings: np.ndarray, out: str | Path, fmt: str) -> list[Path]:
-    """Write `embeddings` (N, D) with id/class/path metadata; returns the files written."""
+def export_embeddings(records: Sequence[ImageRecord], embeddings: np.ndarray, out: str | Path, fmt: str, *, classes: Sequence[str] | None = None) -> list[Path]:
+    """Write `embeddings` (N, D) with each record's id/class/path; returns the files
+    written. `fmt`: one of `FORMATS`; for "projector" `out` is a folder."""
+    if fmt not in FORMATS:
+        raise RetrievalAppError(f"export format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2 or len(records) != len(embeddings):
+        raise RetrievalAppError(f"{len(records)} records but embeddings of shape {embeddings.shape}")
     out = Path(out)
-    if len(records) != len(embeddings):
-        raise RetrievalAppError("records and embeddings differ in length")
     if fmt == "npz":
-        meta = _metadata(records)
-        return [atomic_numpy_save(out, embeddings=embeddings.astype(np.float32), ids=np.asarray(meta["id"]), classes=np.asarray(meta["class"]), paths=np.asarray(meta["path"]))]
+        return [_write_npz(records, embeddings, out, classes)]
     if fmt == "csv":
         return [atomic_write_text(out, _csv_text(records, embeddings))]
     if fmt == "parquet":
         return [_write_parquet(records, embeddings, out)]
-    if fmt == "projector":
-        return _write_projector(records, embeddings, out)
-    raise RetrievalAppError(f"export format must be one of {', '.join(FORMATS)}")
+    return _write_projector(records, embeddings, out)
 
 
-def _csv_text(records, embeddings) -> str:
+def _write_npz(records, embeddings: np.ndarray, out: Path, classes: Sequence[str] | None) -> Path:
+    if classes is None:
+        by_label = {r.label: r.class_name for r in records}
+        classes = [by_label.get(i, "") for i in range(max(by_label, default=-1) + 1)]
+    return atomic_numpy_save(
+        out,
+        embeddings=embeddings,
+        ids=np.asarray([r.id for r in records], dtype=str),
+        classes=np.asarray([r.class_name for r in records], dtype=str),
+        paths=np.asarray([str(r.path) for r in records], dtype=str),
+        labels=np.asarray([r.label for r in records], dtype=np.int64),
+        class_names=np.asarray(list(classes), dtype=str),
+    )
+
+
+def _csv_text(records, embeddings: np.ndarray) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["id", "class", "path", *[f"e{i}" for i in range(embeddings.shape[1])]])
     for record, vector in zip(records, embeddings):
-        writer.writerow([record.id, record.class_name, str(record.path), *[f"{v:.7g}" for v in vector]])
+        writer.writerow([record.id, record.class_name, str(record.path), *[f"{v:.9g}" for v in vector.tolist()]])
     return buffer.getvalue()
 
 
-def _write_parquet(records, embeddings, out: Path) -> Path:
+def _write_parquet(records, embeddings: np.ndarray, out: Path) -> Path:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise RetrievalAppError("Parquet export needs pyarrow: pip install 'retrieval-app[parquet]'") from None
-    meta = _metadata(records)
-    table = pa.table({**meta, "embedding": pa.array(list(embeddings.astype(np.float32)), type=pa.list_(pa.float32()))})
+        raise RetrievalAppError("Parquet export needs pyarrow: pip install 'retrieval-app[parquet]' (or export npz/csv)") from None
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(embeddings).reshape(-1), type=pa.float32()), embeddings.shape[1])
+    table = pa.table({
+        "id": [r.id for r in records],
+        "class": [r.class_name for r in records],
+        "path": [str(r.path) for r in records],
+        "label": pa.array([r.label for r in records], type=pa.int64()),
+        "embedding": vectors,
+    })
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     return atomic_write_bytes(out, buffer.getvalue())
 
 
-def _write_projector(records, embeddings, out: Path) -> list[Path]:
-    """TensorBoard Embedding Projector's pair: vectors.tsv (no header) and metadata.tsv
-    (a header row, required when there is more than one column)."""
-    folder = out if out.suffix == "" else out.parent
-    vectors = "\n".join("\t".join(f"{v:.7g}" for v in row) for row in embeddings) + "\n"
-    clean = lambda text: str(text).replace("\t", " ").replace("\n", " ")  # noqa: E731
-    metadata = "id\tclass\tpath\n" + "".join(f"{clean(r.id)}\t{clean(r.class_name)}\t{clean(r.path)}\n" for r in records)
+def _tsv_field(value) -> str:
+    return str(value).replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+def _write_projector(records, embeddings: np.ndarray, out: Path) -> list[Path]:
+    folder = out.parent if out.suffix.lower() == ".tsv" else out
+    vectors = "".join("\t".join(f"{v:.9g}" for v in row) + "\n" for row in embeddings.tolist())
+    metadata = "id\tclass\tpath\n" + "".join(f"{_tsv_field(r.id)}\t{_tsv_field(r.class_name)}\t{_tsv_field(r.path)}\n" for r in records)
     return [atomic_write_text(folder / "vectors.tsv", vectors), atomic_write_text(folder / "metadata.tsv", metadata)]
 
 
 def map_figure(records: Sequence[ImageRecord], coords: np.ndarray, classes: Sequence[str], *, title: str = ""):
-    """A plotly figure: one trace per class, hover shows id, class and path."""
+    """A plotly figure of a 2-D map: one trace (colour, legend entry) per class; hover
+    shows the image id, class and path."""
     import plotly.graph_objects as go
 
+    coords = np.asarray(coords, dtype=np.float32)
+    if coords.shape != (len(records), 2):
+        raise RetrievalAppError(f"{len(records)} records but map coordinates of shape {coords.shape}")
+    scatter = go.Scattergl if len(records) >= WEBGL_FROM else go.Scatter
+    labels = np.asarray([r.label for r in records], dtype=np.int64)
     figure = go.Figure()
     for label, name in enumerate(classes):
-        rows = [i for i, r in enumerate(records) if r.label == label]
-        if not rows:
+        rows = np.flatnonzero(labels == label)
+        if not len(rows):
             continue
-        figure.add_trace(go.Scattergl(
-            x=coords[rows, 0], y=coords[rows, 1], mode="markers", name=name, marker={"size": 7},
-            customdata=[[records[i].id, str(records[i].path)] for i in rows],
-            hovertemplate="%{customdata[0]}<br>class: " + name + "<br>%{customdata[1]}<extra></extra>",
+        figure.add_trace(scatter(
+            x=coords[rows, 0], y=coords[rows, 1], mode="markers", name=name, marker={"size": 7, "opacity": 0.85},
+            customdata=[[records[i].id, name, str(records[i].path)] for i in rows],
+            # Values come through customdata, not the template, so no name can inject markup.
+            hovertemplate="<b>%{customdata[0]}</b><br>class: %{customdata[1]}<br>%{customdata[2]}<extra></extra>",
         ))
-    figure.update_layout(title=title, legend_title_text="class", xaxis={"showticklabels": False}, yaxis={"showticklabels": False}, template="plotly_white")
+    figure.update_layout(
+        title=title, legend_title_text="class", template="plotly_white", hovermode="closest",
+        xaxis={"showticklabels": False, "title": None}, yaxis={"showticklabels": False, "title": None, "scaleanchor": "x"},
+    )
     return figure
 
 
 def export_map_html(records: Sequence[ImageRecord], coords: np.ndarray, classes: Sequence[str], out: str | Path, *, title: str = "Embedding map") -> Path:
-    """A standalone HTML file (plotly.js inlined: it opens offline)."""
+    """A standalone HTML file of the map (plotly.js inlined: it opens offline)."""
     html = map_figure(records, coords, classes, title=title).to_html(include_plotlyjs=True, full_html=True)
     return atomic_write_text(out, html)

@@ -6,7 +6,7 @@ nearest-neighbour index. Each UI session holds its own; nothing here is global."
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -21,16 +21,24 @@ from .search import NearestNeighbourIndex, build_index, search_distance
 
 @dataclass(frozen=True)
 class Neighbour:
+    """One search hit: gallery position `index`, the image's `id` and `path`, its class
+    name `label`, its `distance` to the query, and `same_class` (vs the query's class
+    when the query is a gallery image or its class is given, else None)."""
+
     index: int
     id: str
     path: Path
-    label: str  # class name
+    label: str
     distance: float
-    same_class: bool | None  # vs the query's class, when the query has one
+    same_class: bool | None
 
 
 @dataclass
 class Gallery:
+    """Records that could be embedded, their (N, D) float32 `embeddings` and int64
+    `labels` (indices into `classes`), the search `distance` and `index`, the `net`
+    that embeds queries, and the files that could not be read (`failures`)."""
+
     root: Path
     records: list[ImageRecord]
     classes: list[str]
@@ -39,56 +47,99 @@ class Gallery:
     distance: str
     net: object
     index: NearestNeighbourIndex
-    failures: list[tuple[str, str]]
+    failures: list[tuple[str, str]] = field(default_factory=list)
     n_cached: int = 0
     n_computed: int = 0
+    n_removed: int = 0
+    device: object = None
+    _position: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._position = {record.id: i for i, record in enumerate(self.records)}
 
     @classmethod
-    def build(cls, scan: ScanResult, net, *, distance: str = "euclidean", cache_dir: Path | None = None, progress: ProgressFn | None = None, cancel: threading.Event | None = None, backend: str = "auto", device=None, batch_size: int = 32, num_workers: int | None = None) -> "Gallery":
+    def build(
+        cls,
+        scan: ScanResult,
+        net,
+        *,
+        distance: str = "euclidean",
+        cache_dir: str | Path | None = None,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+        backend: str = "auto",
+        device=None,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+    ) -> "Gallery":
+        """Embed `scan`'s images with `net` (through the cache) and index them. `distance`
+        is the one the model was trained with (`checkpoint_distance`); images that
+        cannot be read are left out and listed in `failures`."""
         result = cached_embeddings(net, scan, cache_dir=cache_dir, device=device, progress=progress, cancel=cancel, batch_size=batch_size, num_workers=num_workers)
         ok = np.flatnonzero(result.ok)
         if len(ok) == 0:
-            raise RetrievalAppError("none of the images in the folder could be embedded")
-        records = [scan.records[i] for i in ok]
-        embeddings = result.embeddings[ok]
+            raise RetrievalAppError(f"none of the {len(scan.records)} images in {scan.root} could be embedded")
+        gallery = cls.from_embeddings(scan.root, [scan.records[i] for i in ok], scan.classes, result.embeddings[ok], distance=distance, net=net, backend=backend, device=device)
+        gallery.failures = result.failures
+        gallery.n_cached, gallery.n_computed, gallery.n_removed = result.n_cached, result.n_computed, result.n_removed
+        return gallery
+
+    @classmethod
+    def from_embeddings(cls, root: str | Path, records: Sequence[ImageRecord], classes: Sequence[str], embeddings: np.ndarray, *, distance: str = "euclidean", net=None, backend: str = "auto", device=None) -> "Gallery":
+        """A gallery over vectors computed elsewhere (`net` is needed only to embed
+        query images)."""
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if len(records) != len(embeddings):
+            raise RetrievalAppError(f"{len(records)} records but {len(embeddings)} embeddings")
         metric = search_distance(distance)
         return cls(
-            root=scan.root, records=records, classes=list(scan.classes), embeddings=embeddings,
+            root=Path(root), records=list(records), classes=list(classes), embeddings=embeddings,
             labels=np.asarray([r.label for r in records], dtype=np.int64), distance=metric, net=net,
-            index=build_index(embeddings, metric, backend), failures=result.failures,
-            n_cached=result.n_cached, n_computed=result.n_computed,
+            index=build_index(embeddings, metric, backend), device=device,
         )
 
     def __len__(self) -> int:
         return len(self.records)
 
+    # ------------------------------------------------------------------ lookups
     def index_of_id(self, image_id: str) -> int:
-        for i, record in enumerate(self.records):
-            if record.id == image_id:
-                return i
-        raise RetrievalAppError(f"no image with id '{image_id}' in this gallery")
+        """Gallery position of the image with this id (its path relative to the root)."""
+        try:
+            return self._position[image_id]
+        except KeyError:
+            raise RetrievalAppError(f"no image with id '{image_id}' in this gallery") from None
 
-    def _check(self, i) -> int:
+    def check_index(self, i) -> int:
+        """`i` as an int if it is a valid gallery position, else a clear error."""
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= int(i) < len(self.records):
-            raise RetrievalAppError(f"point index {i!r} is out of range (the gallery has {len(self.records)} images)")
+            raise RetrievalAppError(f"point index {i!r} is out of range (the gallery has {len(self.records)} images, 0 to {len(self.records) - 1})")
         return int(i)
 
+    # ------------------------------------------------------------------ queries
     def neighbours_of_index(self, i: int, k: int = 10) -> list[Neighbour]:
-        """Nearest gallery images to gallery image `i`, itself excluded."""
-        i = self._check(i)
-        indices, distances = self.index.search(self.embeddings[i : i + 1], k, exclude=np.asarray([i]))
-        return self._neighbours(indices[0], distances[0], int(self.labels[i]))
+        """The k nearest gallery images to gallery image `i`, itself excluded."""
+        return self.neighbours_of_indices([i], k)[0]
+
+    def neighbours_of_indices(self, indices: Sequence[int], k: int = 10) -> list[list[Neighbour]]:
+        """Many gallery queries in one search, each excluding itself."""
+        rows = np.asarray([self.check_index(i) for i in indices], dtype=np.int64)
+        found, distances = self.index.search(self.embeddings[rows], k, exclude=rows)
+        return [self._neighbours(ix, ds, int(self.labels[row])) for ix, ds, row in zip(found, distances, rows)]
 
     def neighbours_of_vectors(self, vectors: np.ndarray, k: int = 10, query_labels: Sequence[int | None] | None = None) -> list[list[Neighbour]]:
-        indices, distances = self.index.search(np.asarray(vectors, dtype=np.float32), k)
-        labels = query_labels if query_labels is not None else [None] * len(indices)
-        return [self._neighbours(ix, ds, lab) for ix, ds, lab in zip(indices, distances, labels)]
+        """Nearest gallery images to embeddings computed by the same network."""
+        found, distances = self.index.search(np.atleast_2d(np.asarray(vectors, dtype=np.float32)), k)
+        labels = list(query_labels) if query_labels is not None else [None] * len(found)
+        return [self._neighbours(ix, ds, label) for ix, ds, label in zip(found, distances, labels)]
 
-    def embed_images(self, images: Sequence) -> np.ndarray:
-        return embed_images(self.net, list(images))
+    def embed_images(self, images) -> np.ndarray:
+        """Query images (paths, bytes, file objects or PIL images) → (M, D) embeddings."""
+        if self.net is None:
+            raise RetrievalAppError("this gallery has no network to embed query images with")
+        return embed_images(self.net, images, device=self.device)
 
-    def neighbours_of_images(self, images: Sequence, k: int = 10) -> list[list[Neighbour]]:
-        """Query by image: paths, bytes, file objects or PIL images."""
+    def neighbours_of_images(self, images, k: int = 10) -> list[list[Neighbour]]:
+        """Query by image, one result list per image."""
         return self.neighbours_of_vectors(self.embed_images(images), k)
 
     def _neighbours(self, indices: np.ndarray, distances: np.ndarray, query_label: int | None) -> list[Neighbour]:

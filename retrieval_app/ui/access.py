@@ -18,6 +18,7 @@ MAX_UPLOAD_BYTES = 2 * 1024**3
 
 
 def parse_auth(text: str) -> tuple[str, str]:
+    """`user:password` → (user, password); the password may contain colons."""
     user, sep, password = text.partition(":")
     if not sep or not user or not password:
         raise RetrievalAppError("--auth must look like user:password")
@@ -25,6 +26,7 @@ def parse_auth(text: str) -> tuple[str, str]:
 
 
 def generate_password() -> str:
+    """A random password for share mode when no --auth is given."""
     return secrets.token_urlsafe(12)
 
 
@@ -37,6 +39,7 @@ class DataRoots:
 
     @classmethod
     def of(cls, roots: Iterable[str | Path], restricted: bool) -> "DataRoots":
+        """Resolved, de-duplicated roots."""
         unique = []
         for root in roots:
             resolved = Path(root).expanduser().resolve()
@@ -53,7 +56,7 @@ class DataRoots:
         resolved = Path(text).expanduser().resolve()
         if self.restricted and not any(resolved == root or root in resolved.parents for root in self.roots):
             allowed = ", ".join(str(r) for r in self.roots)
-            raise RetrievalAppError(f"in share mode only folders inside the data roots can be loaded ({allowed})")
+            raise RetrievalAppError(f"{resolved} is outside the data roots: in share mode only folders inside them can be loaded ({allowed})")
         return resolved
 
     def choices(self) -> list[str]:

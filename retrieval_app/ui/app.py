@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -40,15 +41,25 @@ class AppConfig:
     allowed_paths: list[str] = field(default_factory=list)
 
 
-def _model_choices() -> list[str]:
-    return [*list_models(), *[str(info.path) for info in list_checkpoints()]]
+def _model_choices() -> list[str | tuple[str, str]]:
+    """Backbones by name, then trained checkpoints: shown by name, chosen by folder."""
+    return [*list_models(), *_checkpoint_choices()]
+
+
+def _checkpoint_choices() -> list[tuple[str, str]]:
+    return [(f"{info.name} (trained)", str(info.path)) for info in list_checkpoints()]
+
+
+def _model_name(spec: str) -> str:
+    return spec if spec in list_models() else Path(spec).name
 
 
 def _neighbour_items(state: SessionState, neighbours) -> list[tuple[str, str]]:
+    # Class and distance first: a gallery caption is one line and is cut off at the end.
     items = []
-    for rank, n in enumerate(neighbours, 1):
+    for n in neighbours:
         mark = "✓ " if n.same_class else ("✗ " if n.same_class is False else "")
-        items.append((str(state.thumb(n.index)), f"{rank}. {mark}{n.label} · d={n.distance:.3f} · {n.id}"))
+        items.append((str(state.thumb(n.index)), f"{mark}{n.label} {n.distance:.3f} · {n.id}"))
     return items
 
 
@@ -57,8 +68,9 @@ def _map_value(state: SessionState) -> str:
         return ""
     g, p = state.gallery, state.projection
     query, neighbours = state.highlight
-    title = f"{METHOD_LABELS[p.method]} of {len(g)} images · {state.model_spec}" + (f" · {p.note}" if p.note else "")
-    return map_figure_json(p.coords, g.labels, g.classes, [r.id for r in g.records], state.thumbs, query=query, neighbours=neighbours, query_point=state.query_point, title=title)
+    title = f"{METHOD_LABELS[p.method]} of {len(g)} images · {_model_name(state.model_spec)}" + (f" · {p.note}" if p.note else "")
+    revision = f"{g.root}|{state.model_spec}|{p.method}|{len(g)}"
+    return map_figure_json(p.coords, g.labels, g.classes, [r.id for r in g.records], state.thumbs, query=query, neighbours=neighbours, query_point=state.query_point, title=title, revision=revision)
 
 
 def _scan_summary(state: SessionState) -> str:
@@ -78,10 +90,20 @@ def _error(exc: Exception) -> str:
 
 # ------------------------------------------------------------------ handlers
 def load_folder(config: AppConfig, state: SessionState | None, folder: str, model: str, method: str, progress=gr.Progress()):
+    """Load a typed or picked folder (checked against the data roots in share mode)."""
     state = state or SessionState()
     try:
         resolved = config.data_roots.check(folder)
-        state.load(resolved, model, lambda f, text: progress(f, desc=text))
+    except Exception as exc:
+        yield state, _error(exc), _map_value(state)
+        return
+    yield from _load(state, resolved, model, method, progress)
+
+
+def _load(state: SessionState, folder: Path, model: str, method: str, progress):
+    """Scan + embed with progress, show a quick PCA map, then the chosen map."""
+    try:
+        state.load(folder, model, lambda f, text: progress(f, desc=text))
         state.quick_projection()
         yield state, _scan_summary(state) + ("\n\nComputing the " + METHOD_LABELS[method] + " map…" if method != "pca" else ""), _map_value(state)
         if method != "pca":
@@ -92,13 +114,28 @@ def load_folder(config: AppConfig, state: SessionState | None, folder: str, mode
 
 
 def change_method(state: SessionState | None, method: str):
+    """Redraw the map with another projection (UMAP, PCA or t-SNE)."""
     if state is None or state.gallery is None:
-        return state, ""
-    state.project(method)
-    return state, _map_value(state)
+        return state, gr.skip(), gr.skip()
+    try:
+        state.project(method)
+    except Exception as exc:  # e.g. too few images for UMAP: say so, keep the old map
+        return state, _error(exc), gr.skip()
+    return state, _scan_summary(state), _map_value(state)
+
+
+def _point_summary(state: SessionState, index: int, neighbours) -> str:
+    record = state.gallery.records[index]
+    same = sum(bool(n.same_class) for n in neighbours)
+    return f"Query: **{record.id}** (class {record.class_name}) · {same}/{len(neighbours)} neighbours of the same class"
+
+
+def _image_summary(neighbours) -> str:
+    return f"Query image placed on the map (★) · nearest: {neighbours[0].label}" if neighbours else "No neighbours."
 
 
 def click_point(state: SessionState | None, k: int, evt: gr.EventData):
+    """A click on the map: the point's neighbours, its image as the query, a summary."""
     if state is None or state.gallery is None:
         return state, [], None, "Load a folder first."
     data = getattr(evt, "_data", None) or {}
@@ -107,13 +144,12 @@ def click_point(state: SessionState | None, k: int, evt: gr.EventData):
         neighbours = state.neighbours_of_point(index, int(k))
     except Exception as exc:
         return state, [], None, _error(exc)
-    record = state.gallery.records[int(index)]
-    same = sum(bool(n.same_class) for n in neighbours)
-    text = f"Query: **{record.id}** (class {record.class_name}) · {same}/{len(neighbours)} neighbours of the same class"
-    return state, _neighbour_items(state, neighbours), str(state.thumb(int(index))), text
+    index = int(index)
+    return state, _neighbour_items(state, neighbours), str(state.thumb(index)), _point_summary(state, index, neighbours)
 
 
 def query_image(state: SessionState | None, image_path: str | None, k: int):
+    """A dropped / pasted / uploaded image: its neighbours in the loaded folder."""
     if image_path is None:
         return state, [], "Drop an image to search."
     if state is None or state.gallery is None:
@@ -122,14 +158,32 @@ def query_image(state: SessionState | None, image_path: str | None, k: int):
         neighbours = state.neighbours_of_image(image_path, int(k))
     except Exception as exc:
         return state, [], _error(exc)
-    return state, _neighbour_items(state, neighbours), f"Query image placed on the map (★) · nearest: {neighbours[0].label}" if neighbours else "No neighbours."
+    return state, _neighbour_items(state, neighbours), _image_summary(neighbours)
+
+
+def change_k(state: SessionState | None, k: int):
+    """Moving the k slider repeats the last query (a clicked point or a dropped image) and
+    redraws the highlight; with nothing asked yet it changes nothing."""
+    if state is None or state.gallery is None or state.last_query is None:
+        return state, gr.skip(), gr.skip(), gr.skip()
+    try:
+        neighbours = state.repeat_query(int(k))
+    except Exception as exc:
+        return state, gr.skip(), _error(exc), gr.skip()
+    if isinstance(state.last_query, int):
+        summary = _point_summary(state, state.last_query, neighbours)
+    else:
+        summary = _image_summary(neighbours)
+    return state, _neighbour_items(state, neighbours), summary, _map_value(state)
 
 
 def redraw(state: SessionState | None):
+    """The map with the current highlight (chained after each query, so the gallery comes first)."""
     return _map_value(state) if state is not None else ""
 
 
 def start_training(state: SessionState | None, backbone, mode, distance, margin, mining, epochs, budget, name):
+    """Start a `TrainingJob` on the loaded folder and switch the progress timer on."""
     if state is None or state.gallery is None:
         return state, "❌ load a folder first", gr.Timer(active=False)
     try:
@@ -143,6 +197,7 @@ def start_training(state: SessionState | None, backbone, mode, distance, margin,
 
 
 def cancel_training(state: SessionState | None):
+    """Ask the running job to stop; the timer shows when it has."""
     if state is None or state.job is None or not state.job.running:
         return "Nothing is training."
     state.job.cancel()
@@ -153,7 +208,7 @@ def _status_text(snap) -> str:
     if snap.state == "failed":
         return f"❌ training failed: {snap.error}"
     epochs = f"/{snap.epochs}" if snap.epochs else ""
-    parts = [f"**{snap.state}** · {snap.phase}", f"epoch {snap.epoch}{epochs}", f"{100 * snap.fraction:.0f} %"]
+    parts = [f"**{snap.state}**" + (f" · {snap.phase}" if snap.phase and snap.phase != snap.state else ""), f"epoch {snap.epoch}{epochs}", f"{100 * snap.fraction:.0f} %"]
     if snap.loss_history:
         parts.append(f"loss {snap.loss_history[-1][1]:.4f}")
     if snap.active_history:
@@ -201,42 +256,72 @@ def _fmt(value) -> str:
 
 
 def poll_training(state: SessionState | None):
-    """Timer tick: progress while running; on finish, switch to the kept model."""
+    """Timer tick: progress while running; stops itself when the run has ended."""
     if state is None or state.job is None:
         return state, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
     snap = state.job.snapshot()
     status, curves, validation = _status_text(snap), _curves(snap), _validation(snap)
     if not snap.finished:
         return state, status, curves, validation, gr.skip(), gr.Timer(active=True), gr.skip()
-    table, map_value = gr.skip(), gr.skip()
-    if snap.result is not None and not state.job_consumed:
-        state.job_consumed = True
+    table, adopt = gr.skip(), gr.skip()
+    if snap.result is not None:
         table = _before_after(snap.result)
-        try:
-            state.load(state.gallery.root, str(snap.result.out_dir), lambda f, t: None)
-            state.project(state.method)
-            status += f"\n\nThe map and search now use `{snap.result.out_dir.name}`."
-            map_value = _map_value(state)
-        except Exception as exc:
-            status += f"\n\n{_error(exc)}"
-    return state, status, curves, validation, table, gr.Timer(active=False), map_value
+        if not state.job_consumed:  # a new value fires `adopt_trained_model` once
+            status += "\n\nSwitching the map and search to the trained model…"
+            adopt = f"{snap.result.out_dir}|{snap.started_at}"  # unique per run, even in the same folder
+    return state, status, curves, validation, table, gr.Timer(active=False), adopt
+
+
+def adopt_trained_model(state: SessionState | None, progress=gr.Progress()):
+    """After a finished run: re-embed the folder with the kept model and redraw the map,
+    once per run."""
+    nothing = (state, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+    if state is None or state.job is None or state.job_consumed or state.gallery is None:
+        return nothing
+    snap = state.job.snapshot()
+    if not snap.finished or snap.result is None:
+        return nothing
+    state.job_consumed = True
+    status = _status_text(snap)
+    spec = str(snap.result.out_dir)
+    try:
+        state.load(state.gallery.root, spec, lambda f, text: progress(f, desc=text))
+        state.project(state.method)
+    except Exception as exc:  # the previous model stays in use
+        return state, status + f"\n\n{_error(exc)}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    status += f"\n\nThe map and search now use `{snap.result.out_dir.name}`."
+    checkpoints = _checkpoint_choices()
+    return state, status, _map_value(state), gr.update(choices=_model_choices(), value=spec), models_table(), gr.update(choices=checkpoints)
 
 
 def models_table() -> list[list]:
+    """One row per checkpoint under models/: name, metrics, backbone, mining, folder."""
     return [[info.name, _fmt(info.metrics.get("map_at_r")), _fmt(info.metrics.get("precision_at_1")), info.train.get("backbone", ""), info.train.get("mining", ""), str(info.path)] for info in list_checkpoints()]
 
 
-def delete_model(path: str | None):
+def _checkpoint_dropdown():
+    return gr.update(choices=_checkpoint_choices(), value=None)
+
+
+def delete_model(config: AppConfig, path: str | None, current_model: str):
+    """Delete a checkpoint folder under models/ (not in share mode: visitors may not)."""
+    if config.data_roots.restricted:
+        return "Deleting models is switched off in share mode.", gr.skip(), gr.skip(), gr.skip()
     if not path:
-        return "Choose a model to delete.", models_table(), gr.update(choices=_model_choices())
+        return "Choose a model to delete.", models_table(), _checkpoint_dropdown(), gr.skip()
     try:
         delete_checkpoint(path, root=models_dir())
     except Exception as exc:
-        return _error(exc), models_table(), gr.update()
-    return f"Deleted `{Path(path).name}`.", models_table(), gr.update(choices=_model_choices(), value=DEFAULT_BACKBONE)
+        return _error(exc), models_table(), _checkpoint_dropdown(), gr.skip()
+    # The page keeps using a deleted model until another is loaded; the selector forgets it.
+    model = gr.update(choices=_model_choices(), value=DEFAULT_BACKBONE if current_model == path else current_model)
+    return f"Deleted `{Path(path).name}`.", models_table(), _checkpoint_dropdown(), model
 
 
-def upload_folder(config: AppConfig, state: SessionState | None, files, model, method, progress=gr.Progress()):
+def upload_folder(state: SessionState | None, files, model, method, progress=gr.Progress()):
+    """An uploaded zip / images: unpacked into this session's part of the app cache (never
+    into a user folder), then loaded like a folder. The unpacked folder is ours, so share
+    mode's data roots do not apply to it."""
     state = state or SessionState()
     if not files:
         yield state, "Choose a zip or some images first.", _map_value(state), gr.skip()
@@ -246,33 +331,40 @@ def upload_folder(config: AppConfig, state: SessionState | None, files, model, m
     except Exception as exc:
         yield state, _error(exc), _map_value(state), gr.skip()
         return
-    for state, text, value in load_folder(config, state, str(folder), model, method, progress):
+    for state, text, value in _load(state, folder, model, method, progress):
         yield state, text, value, str(folder)
 
 
 # ---------------------------------------------------------------------- page
+def end_session(state: SessionState | None) -> None:
+    """Gradio drops a closed tab's state after a while: stop its training run with it."""
+    if state is not None and state.job is not None and state.job.running:
+        state.job.cancel()
+
+
 def build_app(config: AppConfig) -> gr.Blocks:
+    """The whole page: load, explore, query, fine-tune, models; one `SessionState` per browser session."""
     with gr.Blocks(title="retrieval-app") as demo:
-        state = gr.State(None)
+        state = gr.State(None, delete_callback=end_session)
         gr.Markdown(INTRO)
-        with gr.Row():
-            folder = gr.Textbox(label="Image folder (one sub-folder per class)", value=str(config.folder or ""), elem_id="folder-path", scale=4)
-            picker = gr.Dropdown(label="…or pick one", choices=config.data_roots.choices(), value=None, scale=2)
-            model = gr.Dropdown(label="Model", choices=_model_choices(), value=DEFAULT_BACKBONE, allow_custom_value=False, scale=2)
-            method = gr.Radio(label="Map", choices=[(METHOD_LABELS[m], m) for m in METHODS], value="umap", scale=2)
-            load = gr.Button("Load folder", variant="primary", elem_id="load-folder", scale=1)
-        with gr.Accordion("…or upload a zip / images", open=False):
-            upload = gr.File(label="Zip of class folders, or images", file_count="multiple", file_types=[".zip", "image"])
-            upload_load = gr.Button("Load upload")
+        with gr.Row(equal_height=True):
+            folder = gr.Textbox(label="Image folder (one sub-folder per class)", value=str(config.folder or ""), elem_id="folder-path", scale=5)
+            picker = gr.Dropdown(label="…or pick one", choices=config.data_roots.choices(), value=None, scale=3)
+            model = gr.Dropdown(label="Model (backbone or trained checkpoint)", choices=_model_choices(), value=DEFAULT_BACKBONE, allow_custom_value=False, scale=3)
+            with gr.Column(scale=1, min_width=150):
+                load = gr.Button("Load folder", variant="primary", elem_id="load-folder")
+                upload = gr.UploadButton("…or upload a zip", file_count="multiple", file_types=[".zip", "image"], elem_id="upload-folder", size="sm")
         load_status = gr.Markdown("Press **Load folder** to embed the folder.", elem_id="load-status")
         with gr.Row():
             with gr.Column(scale=3):
+                # Label hidden: the three choices name themselves, right above the map.
+                method = gr.Radio(label="Map", show_label=False, container=False, choices=[(METHOD_LABELS[m], m) for m in METHODS], value="umap", elem_id="map-method")
                 plot = gr.HTML(value="", html_template=PLOT_TEMPLATE, css_template=PLOT_CSS, js_on_load=PLOT_JS, elem_id="embedding-plot", apply_default_css=False)
             with gr.Column(scale=2):
-                query = gr.Image(label="Query: drop, paste or click to upload an image", type="filepath", sources=["upload", "clipboard"], height=220, elem_id="query-image")
-                k = gr.Slider(1, 30, value=8, step=1, label="Neighbours (k)", elem_id="k-slider")
-                result = gr.Markdown("Click a point on the map, or drop an image.", elem_id="query-result")
-                gallery = gr.Gallery(label="Nearest neighbours (✓ same class)", columns=4, height=420, elem_id="neighbour-gallery", object_fit="contain")
+                query = gr.Image(label="Query: drop, paste or click to upload an image", type="filepath", sources=["upload", "clipboard"], height=200, elem_id="query-image")
+                k = gr.Slider(1, 30, value=8, step=1, label="Neighbours (k)", elem_id="k-slider", info="✓ / ✗: same / other class than the query · map: ★ query, ◯ neighbours")
+                result = gr.Markdown("Click a point on the map, or drop an image: its nearest neighbours appear below, with class and distance.", elem_id="query-result")
+                gallery = gr.Gallery(label="Nearest neighbours: class and distance", show_label=False, columns=3, height=380, elem_id="neighbour-gallery", object_fit="contain", allow_preview=True)
         with gr.Accordion("4 · Fine-tune with a triplet loss", open=False):
             with gr.Row():
                 backbone = gr.Dropdown(label="Backbone", choices=list_models(), value=DEFAULT_BACKBONE)
@@ -281,8 +373,8 @@ def build_app(config: AppConfig) -> gr.Blocks:
                 margin = gr.Number(label="Margin", value=0.2, minimum=0)
                 mining = gr.Dropdown(label="Mining", choices=list(MINING_STRATEGIES), value="batch_all")
             with gr.Row():
-                epochs = gr.Number(label="Epochs (empty: default / budget)", value=None, precision=0)
-                budget = gr.Number(label="Time budget, s (optional)", value=None)
+                epochs = gr.Number(label="Epochs", value=None, precision=0, minimum=0, info="0 or empty: the default, or as many as the time budget allows")
+                budget = gr.Number(label="Time budget, s (optional)", value=None, info="0 or empty: no limit")
                 name = gr.Textbox(label="Model name (optional)", value="")
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
@@ -294,29 +386,32 @@ def build_app(config: AppConfig) -> gr.Blocks:
         with gr.Accordion("5 · Models", open=False):
             models = gr.Dataframe(headers=["name", "MAP@R", "P@1", "backbone", "mining", "path"], value=models_table, interactive=False)
             with gr.Row():
-                chosen = gr.Dropdown(label="Checkpoint", choices=[str(i.path) for i in list_checkpoints()], allow_custom_value=False)
+                chosen = gr.Dropdown(label="Checkpoint", choices=_checkpoint_choices(), allow_custom_value=False)
                 use = gr.Button("Use for search")
                 remove = gr.Button("Delete", variant="stop")
                 refresh = gr.Button("Refresh")
             models_status = gr.Markdown("")
         timer = gr.Timer(1.0, active=False)
+        adopt = gr.Textbox(visible="hidden")  # set to a trained model's folder when its run ends
 
         load_inputs = [state, folder, model, method]
-        load.click(lambda *a: (yield from load_folder(config, *a)), load_inputs, [state, load_status, plot], concurrency_limit=2)
-        folder.submit(lambda *a: (yield from load_folder(config, *a)), load_inputs, [state, load_status, plot], concurrency_limit=2)
+        load.click(partial(load_folder, config), load_inputs, [state, load_status, plot], concurrency_limit=2)
+        folder.submit(partial(load_folder, config), load_inputs, [state, load_status, plot], concurrency_limit=2)
         picker.change(lambda p: p or gr.skip(), picker, folder)
-        upload_load.click(lambda *a: (yield from upload_folder(config, *a)), [state, upload, model, method], [state, load_status, plot, folder], concurrency_limit=2)
-        method.change(change_method, [state, method], [state, plot])
+        upload.upload(upload_folder, [state, upload, model, method], [state, load_status, plot, folder], concurrency_limit=2)
+        method.change(change_method, [state, method], [state, load_status, plot], concurrency_limit=2)
         plot.click(click_point, [state, k], [state, gallery, query, result], trigger_mode="multiple", concurrency_limit=None).then(redraw, state, plot)
         query.upload(query_image, [state, query, k], [state, gallery, result], concurrency_limit=None).then(redraw, state, plot)
+        k.change(change_k, [state, k], [state, gallery, result, plot], trigger_mode="always_last")
         start.click(start_training, [state, backbone, mode, distance, margin, mining, epochs, budget, name], [state, train_status, timer])
         cancel.click(cancel_training, state, train_status, concurrency_limit=None)
-        timer.tick(poll_training, state, [state, train_status, loss_plot, val_plot, before_after, timer, plot], concurrency_limit=None)
-        use.click(lambda m: gr.update(value=m) if m else gr.skip(), chosen, model).then(lambda *a: (yield from load_folder(config, *a)), load_inputs, [state, load_status, plot])
-        remove.click(delete_model, chosen, [models_status, models, model])
-        refresh.click(lambda: (models_table(), gr.update(choices=[str(i.path) for i in list_checkpoints()]), gr.update(choices=_model_choices())), None, [models, chosen, model])
+        timer.tick(poll_training, state, [state, train_status, loss_plot, val_plot, before_after, timer, adopt], concurrency_limit=None, show_progress="hidden")
+        adopt.change(adopt_trained_model, state, [state, train_status, plot, model, models, chosen], concurrency_limit=2)
+        use.click(lambda m: gr.update(value=m) if m else gr.skip(), chosen, model).then(partial(load_folder, config), load_inputs, [state, load_status, plot])
+        remove.click(partial(delete_model, config), [chosen, model], [models_status, models, chosen, model])
+        refresh.click(lambda: (models_table(), gr.update(choices=_checkpoint_choices()), gr.update(choices=_model_choices())), None, [models, chosen, model])
         if config.folder is not None:
-            demo.load(lambda *a: (yield from load_folder(config, *a)), load_inputs, [state, load_status, plot])
+            demo.load(partial(load_folder, config), load_inputs, [state, load_status, plot])
     return demo
 
 
@@ -333,4 +428,5 @@ def allowed_paths() -> list[str]:
 
 
 def default_folder() -> Path:
+    """The folder opened when none is given: the bundled sample_data/."""
     return sample_data_dir()

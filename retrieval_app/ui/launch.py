@@ -5,24 +5,28 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..errors import RetrievalAppError
 from ..paths import sample_data_dir
 from .access import DataRoots, generate_password, parse_auth
 from .app import AppConfig, allowed_paths, build_app, page_head
 
 
-def make_app(folder: Path | None, *, share: bool = False, data_roots: list[str] | None = None):
+def make_app(folder: Path | None, *, share: bool = False, data_roots: list[str] | None = None, restrict_folders: bool | None = None):
+    """The app's Blocks. Folder loading is limited to the data roots when `restrict_folders`
+    (default: in share mode); the roots default to `folder` and sample_data/."""
     roots = data_roots or [p for p in (folder, sample_data_dir()) if p is not None]
-    config = AppConfig(folder=folder, data_roots=DataRoots.of(roots, restricted=share))
+    restricted = share if restrict_folders is None else restrict_folders
+    config = AppConfig(folder=folder, data_roots=DataRoots.of(roots, restricted=restricted))
     return build_app(config)
 
 
-def launch_app(*, folder: Path | None, host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None, data_roots: list[str] | None = None, open_browser: bool = True, block: bool = True):
+def launch_app(*, folder: Path | None, host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None, data_roots: list[str] | None = None, open_browser: bool = True, block: bool = True, restrict_folders: bool | None = None):
+    """Start the app (a login is generated in share mode when `auth` is None); returns the
+    running Blocks. `block=False` returns at once (tests, benchmarks)."""
     credentials = parse_auth(auth) if auth else None
     if share and credentials is None:
         credentials = ("user", generate_password())
         print(f"Share mode needs a login. user: {credentials[0]}  password: {credentials[1]}", file=sys.stderr, flush=True)
-    demo = make_app(folder, share=share, data_roots=data_roots)
+    demo = make_app(folder, share=share, data_roots=data_roots, restrict_folders=restrict_folders)
     demo.queue(default_concurrency_limit=4)
     kwargs = dict(server_name=host, server_port=port, auth=credentials, allowed_paths=allowed_paths(), inbrowser=open_browser, run_history=False, head=page_head(), prevent_thread_lock=not block, show_error=True)
     try:
@@ -33,10 +37,14 @@ def launch_app(*, folder: Path | None, host: str = "127.0.0.1", port: int = 7860
         # Offline (or the share service refused): keep the local app working.
         print(f"Could not create a share link ({type(exc).__name__}: {exc}); running locally only.", file=sys.stderr, flush=True)
         demo.close()
-        demo = make_app(folder, share=True, data_roots=data_roots)
+        demo = make_app(folder, share=True, data_roots=data_roots, restrict_folders=restrict_folders)
         demo.queue(default_concurrency_limit=4)
         demo.launch(share=False, **kwargs)
+    if share and not getattr(demo, "share_url", None):
+        # Gradio reports a failed share link and goes on serving locally; say so plainly.
+        print(f"No public share link could be made (offline?). The app runs locally at {demo.local_url} "
+              "with the same login and folder limits.", file=sys.stderr, flush=True)
     return demo
 
 
-__all__ = ["launch_app", "make_app", "RetrievalAppError"]
+__all__ = ["launch_app", "make_app"]

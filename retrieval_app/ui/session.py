@@ -4,6 +4,7 @@ shared between sessions except the on-disk caches, which are safe to share."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +35,11 @@ class SessionState:
     job_consumed: bool = False
     query_point: np.ndarray | None = None  # map position of a dropped query
     highlight: tuple[int | None, list[int]] = (None, [])
+    last_query: int | np.ndarray | None = None  # a point index or a dropped image's embedding
 
     # ------------------------------------------------------------ loading
     def load(self, folder: Path, model_spec: str, progress: Progress) -> None:
+        """Scan `folder`, embed it with `model_spec` (cached), make thumbnails; resets the map and query."""
         progress(0.0, "scanning folder")
         scan = scan_folder(folder)
         progress(0.02, f"loading model {model_spec}")
@@ -45,51 +48,73 @@ class SessionState:
         progress(0.8, "making thumbnails")
         thumbs = ensure_thumbnails(gallery.records, progress=lambda d, t: progress(0.8 + 0.15 * d / max(t, 1), f"thumbnails {d}/{t}"))
         self.scan, self.gallery, self.thumbs, self.model_spec = scan, gallery, thumbs, model_spec
-        self.projection, self.query_point, self.highlight = None, None, (None, [])
+        self.projection, self.query_point, self.highlight, self.last_query = None, None, (None, []), None
 
     def project(self, method: str) -> Projection:
+        """The 2-D map by `method` (cached on disk by the core)."""
         self.method = method
-        self.projection = compute_projection(self.require_gallery().embeddings, method)
-        return self.projection
+        return self._use_projection(compute_projection(self.require_gallery().embeddings, method))
 
     def quick_projection(self) -> Projection:
         """PCA: instant, shown while UMAP / t-SNE are computed."""
-        self.projection = compute_projection(self.require_gallery().embeddings, "pca")
-        return self.projection
+        return self._use_projection(compute_projection(self.require_gallery().embeddings, "pca"))
+
+    def _use_projection(self, projection: Projection) -> Projection:
+        self.projection = projection
+        if isinstance(self.last_query, np.ndarray):  # a dropped query moves with the new map
+            self.query_point = projection.transform(self.last_query)[0]
+        return projection
 
     def require_gallery(self) -> Gallery:
+        """The loaded gallery, or a user-facing error when nothing is loaded yet."""
         if self.gallery is None:
             raise RetrievalAppError("load a folder first")
         return self.gallery
 
     # ------------------------------------------------------------ queries
     def neighbours_of_point(self, index, k: int) -> list[Neighbour]:
+        """Neighbours of gallery point `index` (validated here: it comes from the browser)."""
         gallery = self.require_gallery()
         try:
             index = int(index)
         except (TypeError, ValueError):
             raise RetrievalAppError(f"not a point index: {index!r}") from None
         neighbours = gallery.neighbours_of_index(index, k)
-        self.highlight, self.query_point = (index, [n.index for n in neighbours]), None
+        self.highlight, self.query_point, self.last_query = (index, [n.index for n in neighbours]), None, index
         return neighbours
 
     def neighbours_of_image(self, image_path: str, k: int) -> list[Neighbour]:
-        gallery = self.require_gallery()
-        vector = gallery.embed_images([image_path])
-        neighbours = gallery.neighbours_of_vectors(vector, k)[0]
-        self.highlight = (None, [n.index for n in neighbours])
+        """Neighbours of an image file that is not (necessarily) in the gallery."""
+        vector = self.require_gallery().embed_images([image_path])
+        return self.neighbours_of_vector(vector, k)
+
+    def neighbours_of_vector(self, vector: np.ndarray, k: int) -> list[Neighbour]:
+        """Neighbours of an embedding; the query is placed on the current map."""
+        neighbours = self.require_gallery().neighbours_of_vectors(vector, k)[0]
+        self.highlight, self.last_query = (None, [n.index for n in neighbours]), vector
         self.query_point = self.projection.transform(vector)[0] if self.projection is not None else None
         return neighbours
 
+    def repeat_query(self, k: int) -> list[Neighbour] | None:
+        """The last query again with a new k (None when nothing was asked yet)."""
+        if self.last_query is None:
+            return None
+        if isinstance(self.last_query, np.ndarray):
+            return self.neighbours_of_vector(self.last_query, k)
+        return self.neighbours_of_point(self.last_query, k)
+
     def thumb(self, index: int) -> Path | None:
+        """The cached thumbnail of gallery image `index` (None when it could not be made)."""
         return self.thumbs[index] if 0 <= index < len(self.thumbs) else None
 
     # ----------------------------------------------------------- training
     def start_training(self, **settings) -> TrainingJob:
+        """Start a background `TrainingJob` on the loaded folder; one per session at a time."""
         gallery = self.require_gallery()
         if self.job is not None and self.job.running:
             raise RetrievalAppError("a training run is already going; cancel it first")
-        name = settings.pop("name", None) or f"{gallery.root.name}-{self.session_id[:6]}"
+        # Default name: folder and start time, so a second run never overwrites the first.
+        name = settings.pop("name", None) or f"{gallery.root.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         config = TrainConfig(folder=str(gallery.root), out_dir=str(models_dir() / _safe_name(name)), **settings)
         self.job = TrainingJob(config).start()
         self.job_consumed = False
@@ -104,5 +129,6 @@ def _safe_name(name: str) -> str:
 
 
 def uploads_dir(session_id: str) -> Path:
+    """A fresh folder for one upload, inside this session's part of the app cache."""
     return cache_dir() / "uploads" / session_id / uuid.uuid4().hex[:8]
 
