@@ -29,7 +29,6 @@ def data(n: int) -> np.ndarray:
 
 def measure(n: int, precomputed: bool) -> dict:
     """Runs in a fresh process: times of the first and a second UMAP call, PCA, placement."""
-    start = time.perf_counter()
     from retrieval_app.retrieval.projection import compute_projection
 
     x = data(n)

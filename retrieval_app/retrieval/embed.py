@@ -196,10 +196,10 @@ def _prefetch_in_thread(iterable: Iterable, depth: int) -> Iterator:
             return
         _put(items, (done, None), stop)
 
-    thread = threading.Thread(target=produce, name="embedding-decoder", daemon=True)
-    thread.start()
-
     def consume() -> Iterator:
+        # Started on the first `next`, so a generator that is never run leaves no thread.
+        thread = threading.Thread(target=produce, name="embedding-decoder", daemon=True)
+        thread.start()
         try:
             while True:
                 item, error = items.get()
