@@ -42,3 +42,51 @@ def make_image_folder(tmp_path) -> Callable[..., Path]:
         return write_image_folder(tmp_path / name, classes, **options)
 
     return make
+
+
+@pytest.fixture
+def isolated_dirs(tmp_path, monkeypatch):
+    """Caches and checkpoints of one test go into its tmp_path, never ~/.cache or models/."""
+    monkeypatch.setenv("RETRIEVAL_APP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RETRIEVAL_APP_MODELS_DIR", str(tmp_path / "models"))
+
+
+# ------------------------------------------------ browser tests (tests/ui_helpers.py)
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    import ui_helpers
+
+    with sync_playwright() as p:
+        instance = ui_helpers.launch_chromium(p)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    """A fresh page; a screenshot lands in test-artifacts/ when the test failed."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    failed_before = request.session.testsfailed
+    yield page
+    # The call phase's failure is already counted when this teardown runs.
+    if request.session.testsfailed > failed_before:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def core_gallery(env):
+    """The core library's own gallery of the module's `env["folder"]`: the reference the
+    browser results are checked against."""
+    from retrieval_app.data import scan_folder
+    from retrieval_app.retrieval import Gallery
+    from retrieval_app.training import load_embedder
+
+    return Gallery.build(scan_folder(env["folder"]), load_embedder("efficientnet_lite0"), num_workers=0)

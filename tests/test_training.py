@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -25,10 +24,7 @@ from synthetic import write_class_folder, write_fashion_mnist_folder
 FASHION = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "fashion_mnist.npz"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("RETRIEVAL_APP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("RETRIEVAL_APP_MODELS_DIR", str(tmp_path / "models"))
+pytestmark = pytest.mark.usefixtures("isolated_dirs")
 
 
 @pytest.fixture(scope="module")

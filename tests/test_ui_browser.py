@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,27 +11,18 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.browser
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
+pytest.importorskip("playwright.sync_api")
+
+import ui_helpers  # noqa: E402
+from ui_helpers import MAP_READY, gallery_captions, set_k  # noqa: E402
+
+if not ui_helpers.CHROMIUM.exists():
     pytest.skip("Debian chromium is not installed (scripts/test.sh installs it)", allow_module_level=True)
 
-from retrieval_app.data import scan_folder  # noqa: E402
-from retrieval_app.retrieval import Gallery  # noqa: E402
-from retrieval_app.training import load_embedder  # noqa: E402
 from retrieval_app.ui.launch import launch_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 K = 5
-MAP_READY = "() => { const g = document.querySelector('#embedding-plot .rmap-plot'); return g && g.data && g.data.length > 0; }"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +41,7 @@ def env(tmp_path_factory):
 
 
 def start_server(env, **kwargs):
-    port = free_port()
+    port = ui_helpers.free_port()
     demo = launch_app(folder=env["folder"], port=port, open_browser=False, block=False, **kwargs)
     return demo, f"http://127.0.0.1:{port}"
 
@@ -64,46 +53,9 @@ def server(env):
     demo.close()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield instance
-        instance.close()
-
-
-@pytest.fixture
-def page(browser, request):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    failed_before = request.session.testsfailed
-    yield page
-    # pytest ignores hooks defined in test modules; but the call phase's failure is already
-    # counted when this teardown runs, so a higher count means this test failed.
-    if request.session.testsfailed > failed_before:
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-    context.close()
-
-
-@pytest.fixture(scope="module")
-def core_gallery(env):
-    return Gallery.build(scan_folder(env["folder"]), load_embedder("efficientnet_lite0"), num_workers=0)
-
-
 def open_app(page, url: str) -> None:
     page.goto(url)
     page.wait_for_function(MAP_READY, timeout=240_000)
-
-
-def gallery_captions(page) -> list[str]:
-    return [c.inner_text() for c in page.query_selector_all("#neighbour-gallery .caption-label, #neighbour-gallery figcaption")]
-
-
-def set_k(page, k: int) -> None:
-    box = page.locator("#k-slider input[type=number]")
-    box.fill(str(k))
-    box.press("Enter")
 
 
 def wait_for_neighbours(page, count: int) -> None:

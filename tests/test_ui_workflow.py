@@ -13,20 +13,17 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.browser
-playwright_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 import ui_helpers  # noqa: E402
 
 if not ui_helpers.CHROMIUM.exists():
     pytest.skip("Debian chromium is not installed (scripts/test.sh installs it)", allow_module_level=True)
 
-from retrieval_app.data import scan_folder  # noqa: E402
-from retrieval_app.retrieval import Gallery  # noqa: E402
-from retrieval_app.training import TrainConfig, TrainingJob, load_embedder  # noqa: E402
+from retrieval_app.training import TrainConfig, TrainingJob  # noqa: E402
 from retrieval_app.ui.launch import launch_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
 CLASSES = ("Leopards", "sunflower", "watch")
 
 
@@ -64,30 +61,6 @@ def restricted_server(env):
     demo.close()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        instance = ui_helpers.launch_chromium(p)
-        yield instance
-        instance.close()
-
-
-@pytest.fixture
-def page(browser, request):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    failed_before = request.session.testsfailed
-    yield page
-    # The call phase's report is counted before teardown: a failure here means this test's.
-    if request.session.testsfailed > failed_before:
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-    context.close()
-
-
-@pytest.fixture(scope="module")
-def core_gallery(env):
-    return Gallery.build(scan_folder(env["folder"]), load_embedder("efficientnet_lite0"), num_workers=0)
 
 
 def load_status(page) -> str:
