@@ -20,7 +20,9 @@ THUMB_SIDE = 192
 
 
 def thumbnail_path(record: ImageRecord, cache_dir: Path | None = None, side: int = THUMB_SIDE) -> Path:
-    key = hashlib.sha256(f"{record.path}|{record.size}|{record.mtime_ns}|{side}".encode()).hexdigest()[:20]
+    # surrogateescape: a file name that is not valid UTF-8 hashes by its original bytes.
+    described = f"{record.path}|{record.size}|{record.mtime_ns}|{side}".encode("utf-8", "surrogateescape")
+    key = hashlib.sha256(described).hexdigest()[:20]
     return (Path(cache_dir) if cache_dir else default_cache_dir()) / "thumbs" / key[:2] / f"{key}.jpg"
 
 

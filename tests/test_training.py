@@ -156,7 +156,7 @@ def test_checkpoint_listing_and_guarded_delete(shapes_folder, tmp_path):
 def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "model.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="not a retrieval-app checkpoint"):
         load_embedder(tmp_path / "bad")
 
 

@@ -1,6 +1,10 @@
 """`retrieval-app` command line. Each sub-command lives in its own module with a
 `register(subparsers)` function that adds its parser and sets `func` to a handler
-`handler(args) -> int`. Errors meant for the user become one line on stderr."""
+`handler(args) -> int`. Errors meant for the user become one line on stderr.
+
+Building the parsers imports no torch, torchvision, gradio or umap (the choices come
+from `retrieval_app.choices`; handlers import what they need when they run), so
+`--help` and argument errors answer at once; `tests/test_cli_startup.py` checks it."""
 
 from __future__ import annotations
 
@@ -44,10 +48,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from .common import for_command_line
+    from .report import quiet_pillow_size_warnings
+
     try:
-        return int(args.func(args) or 0)
+        with quiet_pillow_size_warnings():
+            return int(args.func(args) or 0)
     except RetrievalAppError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {for_command_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

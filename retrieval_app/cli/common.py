@@ -1,34 +1,81 @@
-"""Pieces several sub-commands share: the model argument and building a gallery."""
+"""Flags and steps several sub-commands share: the model flags (`--model`, `--weights`,
+`--batch-size`, `--device`), loading the model they name, and building a gallery.
+
+Only light modules are imported at the top: every parser is built from this module, and
+`--help` or a bad argument must answer without importing torch."""
 
 from __future__ import annotations
 
 import argparse
 
-from tqdm import tqdm
+from ..choices import DEFAULT_BACKBONE
 
 MODEL_HELP = "a checkpoint (models/NAME, a folder with model.pt, or a .pt file) or a backbone name (its pretrained features)"
+DEVICE_HELP = "auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
+WEIGHTS_HELP = "a local weights file (a state_dict .pth) for the backbone, instead of downloading its ImageNet weights (for ResNets when offline)"
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def add_weights_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", default=None, metavar="FILE", help=WEIGHTS_HELP)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="efficientnet_lite0", help=MODEL_HELP + " (default: efficientnet_lite0)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    """The flags of every command that embeds images with an existing model."""
+    parser.add_argument("--model", default=DEFAULT_BACKBONE, help=f"{MODEL_HELP} (default: {DEFAULT_BACKBONE})")
+    add_weights_argument(parser)
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    add_device_argument(parser)
+
+
+def load_network(args: argparse.Namespace, device):
+    """The embedding network `--model` names; with `--weights`, a bare backbone's
+    pretrained features come from that file instead of the packaged / downloaded ones."""
+    from ..training.checkpoint import is_backbone_name, load_embedder
+
+    if args.weights is None:
+        return load_embedder(args.model, device=device)
+    if not is_backbone_name(args.model):
+        from ..errors import ModelError
+
+        raise ModelError(f"--weights applies to a backbone name, not to the checkpoint '{args.model}' (a checkpoint holds its own weights)")
+    from ..networks import create_model
+
+    # What load_embedder builds for a bare name (pooled features, no head, L2-normalised),
+    # with the backbone's weights from the user's file.
+    net = create_model(args.model, head=None, normalize=True, pretrained=True, weights=args.weights)
+    return net.eval().to(device)
 
 
 def build_gallery(folder: str, args: argparse.Namespace, *, quiet: bool = False):
-    """Scan, load the model, embed (cached) with a progress bar; returns (scan, gallery)."""
+    """Scan, load the model, embed (cached) with a progress bar, then report every file
+    left out; returns (scan, gallery)."""
+    from tqdm import tqdm
+
     from ..data import scan_folder
     from ..device import select_device
     from ..retrieval import Gallery
-    from ..training.checkpoint import checkpoint_distance, load_embedder
+    from ..training.checkpoint import checkpoint_distance
+    from .report import report_left_out
 
     scan = scan_folder(folder)
     device = select_device(args.device)
-    net = load_embedder(args.model, device=device)
+    net = load_network(args, device)
     with tqdm(total=len(scan.records), unit="img", desc="embedding", disable=quiet, leave=False) as bar:
         def progress(done: int, total: int) -> None:
             bar.n = done
             bar.refresh()
 
         gallery = Gallery.build(scan, net, distance=checkpoint_distance(args.model), progress=progress, device=device, batch_size=args.batch_size)
+    report_left_out(scan, gallery.failures)
     return scan, gallery
+
+
+def for_command_line(message: str) -> str:
+    """An error message as one line in the command line's terms: the core's messages
+    name Python arguments (`weights=FILE`) where a CLI user passes flags."""
+    message = message.replace("weights=FILE", "--weights FILE")
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())

@@ -1,11 +1,11 @@
-"""`retrieval-app embed FOLDER --model M [--out FILE.npz] [--batch-size N] [--device D]`"""
+"""`retrieval-app embed FOLDER [--model M] [--weights FILE] [--out FILE.npz] [--batch-size N] [--device D]`"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .common import add_model_arguments, build_gallery
+from .report import printable
 
 
 def register(subparsers) -> None:
@@ -21,16 +21,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..retrieval import export_embeddings
+    from ..retrieval.export import check_output_path, export_embeddings
 
-    scan, gallery = build_gallery(args.folder, args)
+    if args.out:
+        check_output_path(args.out, "npz")  # before embedding, not after
+    _, gallery = build_gallery(args.folder, args)
     removed = f", {gallery.n_removed} removed files dropped from the cache" if gallery.n_removed else ""
     print(f"{len(gallery)} images in {len(gallery.classes)} classes embedded ({gallery.embeddings.shape[1]} dims): "
           f"{gallery.n_cached} from cache, {gallery.n_computed} computed{removed}")
-    skipped = [*((s.path, s.reason) for s in scan.skipped), *gallery.failures]
-    for path, reason in skipped:
-        print(f"  skipped {path}: {reason}", file=sys.stderr)
     if args.out:
         (written,) = export_embeddings(gallery.records, gallery.embeddings, args.out, "npz", classes=gallery.classes)
-        print(f"wrote {written}")
+        print(f"wrote {printable(written)}")
     return 0

@@ -1,11 +1,12 @@
-"""`retrieval-app export FOLDER --model M --format npz|csv|parquet|projector --out PATH`"""
+"""`retrieval-app export FOLDER [--model M] [--weights FILE] --format npz|csv|parquet|projector --out PATH`"""
 
 from __future__ import annotations
 
 import argparse
 
-from ..retrieval.export import FORMATS
+from ..choices import EXPORT_FORMATS
 from .common import add_model_arguments, build_gallery
+from .report import printable
 
 
 def register(subparsers) -> None:
@@ -16,19 +17,21 @@ def register(subparsers) -> None:
     )
     parser.add_argument("folder")
     add_model_arguments(parser)
-    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     parser.add_argument("--out", required=True, metavar="PATH")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..retrieval import export_embeddings
+    from ..retrieval.export import check_output_path, export_embeddings
 
+    # Both before embedding, not after.
+    check_output_path(args.out, args.format)
     if args.format == "parquet":
-        _require_pyarrow()  # before embedding, not after
+        _require_pyarrow()
     _, gallery = build_gallery(args.folder, args)
     for path in export_embeddings(gallery.records, gallery.embeddings, args.out, args.format, classes=gallery.classes):
-        print(f"wrote {path}")
+        print(f"wrote {printable(path)}")
     return 0
 
 

@@ -1,11 +1,12 @@
-"""`retrieval-app map FOLDER --model M [--method umap|pca|tsne] --out map.html`"""
+"""`retrieval-app map FOLDER [--model M] [--weights FILE] [--method umap|pca|tsne] --out map.html`"""
 
 from __future__ import annotations
 
 import argparse
 
-from ..retrieval.projection import METHODS
+from ..choices import PROJECTION_METHODS
 from .common import add_model_arguments, build_gallery
+from .report import printable
 
 
 def register(subparsers) -> None:
@@ -16,7 +17,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("folder")
     add_model_arguments(parser)
-    parser.add_argument("--method", default="umap", choices=METHODS, help="default umap")
+    parser.add_argument("--method", default="umap", choices=PROJECTION_METHODS, help="default umap")
     parser.add_argument("--seed", type=int, default=0, help="random seed of UMAP / t-SNE (same seed, same map)")
     parser.add_argument("--out", default="map.html", metavar="FILE.html")
     parser.set_defaults(func=run)
@@ -24,12 +25,14 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..retrieval import compute_projection, export_map_html
+    from ..retrieval.export import check_output_path
 
+    check_output_path(args.out, "html")  # before embedding, not after
     _, gallery = build_gallery(args.folder, args)
     projection = compute_projection(gallery.embeddings, args.method, seed=args.seed)
     if projection.note:
         print(projection.note)
     title = f"{gallery.root.name}: {projection.method.upper()} map of {len(gallery)} images, model {args.model}"
     out = export_map_html(gallery.records, projection.coords, gallery.classes, args.out, title=title)
-    print(f"wrote {out}")
+    print(f"wrote {printable(out)}")
     return 0

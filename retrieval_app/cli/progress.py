@@ -1,12 +1,23 @@
-"""Terminal rendering of training events: a progress bar and one line per epoch."""
+"""Terminal rendering of training events: a progress bar and one line per epoch.
+
+On a terminal a tqdm bar follows the steps. Anywhere else (a log file, a pipe, CI) a
+bar would write a carriage-return update per step, thousands of them, so only whole
+lines are printed: each phase, each epoch, and at most one step line a minute, so a
+long epoch still shows signs of life. Event kinds this module does not know are
+ignored, so the trainer can add kinds without breaking the command line."""
 
 from __future__ import annotations
 
 import sys
+import time
+from typing import TYPE_CHECKING, Callable
 
-from tqdm import tqdm
+from .report import printable
 
-from ..training.events import TrainEvent
+if TYPE_CHECKING:  # the events module is light, but importing it loads the trainer
+    from ..training.events import TrainEvent
+
+LOG_STEP_INTERVAL_S = 60.0  # without a terminal: one step line at most this often
 
 
 def _fmt(value, spec=".3f") -> str:
@@ -14,9 +25,14 @@ def _fmt(value, spec=".3f") -> str:
 
 
 class TrainingProgressPrinter:
-    def __init__(self, stream=None) -> None:
+    """A `TrainEvent` callback. `live`: draw a bar (default: when `stream` is a terminal)."""
+
+    def __init__(self, stream=None, *, live: bool | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream if stream is not None else sys.stderr
-        self.bar: tqdm | None = None
+        self.live = _is_terminal(self.stream) if live is None else live
+        self.clock = clock
+        self.bar = None
+        self.last_step_line: float | None = None
 
     def __enter__(self) -> "TrainingProgressPrinter":
         return self
@@ -25,22 +41,39 @@ class TrainingProgressPrinter:
         if self.bar is not None:
             self.bar.close()
 
-    def __call__(self, event: TrainEvent) -> None:
-        if event.kind == "phase" and event.message:
+    def __call__(self, event: "TrainEvent") -> None:
+        kind = getattr(event, "kind", None)
+        if kind == "phase" and event.message:
             self._write(event.message)
-        elif event.kind == "step":
+        elif kind == "step" and self.live:
             self._step(event)
-        elif event.kind == "epoch":
+        elif kind == "step":
+            self._step_line(event)
+        elif kind == "epoch":
             self._epoch(event)
 
-    def _step(self, event: TrainEvent) -> None:
+    def _step(self, event: "TrainEvent") -> None:
         if self.bar is None:
+            from tqdm import tqdm
+
             self.bar = tqdm(total=event.total_steps, unit="step", file=self.stream, dynamic_ncols=True, leave=False)
         self.bar.n = event.step
         self.bar.set_postfix(epoch=event.epoch, loss=_fmt(event.loss, ".4f"), active=_fmt(event.active_fraction, ".2f"), img_s=_fmt(event.images_per_s, ".0f"), refresh=False)
         self.bar.refresh()
 
-    def _epoch(self, event: TrainEvent) -> None:
+    def _step_line(self, event: "TrainEvent") -> None:
+        now = self.clock()
+        if self.last_step_line is None:
+            self.last_step_line = now  # the first interval starts with the first step
+            return
+        if now - self.last_step_line < LOG_STEP_INTERVAL_S:
+            return
+        self.last_step_line = now
+        total = f"/{event.total_steps}" if event.total_steps else ""
+        self._write(f"   step {event.step}{total} | epoch {event.epoch} | loss {_fmt(event.loss, '.4f')} | "
+                    f"active {_fmt(event.active_fraction, '.2f')} | {_fmt(event.images_per_s, '.0f')} img/s")
+
+    def _epoch(self, event: "TrainEvent") -> None:
         m = event.metrics
         label = "start" if event.epoch == 0 else f"epoch {event.epoch}"
         parts = [f"{label:>9}", f"loss {_fmt(m.get('loss'), '.4f')}", f"active {_fmt(m.get('active_fraction'), '.2f')}"]
@@ -52,7 +85,15 @@ class TrainingProgressPrinter:
         self._write(" | ".join(parts))
 
     def _write(self, text: str) -> None:
+        text = printable(text)
         if self.bar is not None:
             self.bar.write(text, file=self.stream)
         else:
-            print(text, file=self.stream)
+            print(text, file=self.stream, flush=True)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False

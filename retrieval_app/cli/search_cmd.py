@@ -1,4 +1,4 @@
-"""`retrieval-app search QUERY_IMAGE... --gallery FOLDER --model M [-k 10] [--json]`"""
+"""`retrieval-app search QUERY_IMAGE... --gallery FOLDER [--model M] [--weights FILE] [-k 10] [--json]`"""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+from ..choices import SEARCH_BACKENDS
 from ..errors import RetrievalAppError
-from ..retrieval.search import BACKENDS
 from .common import add_model_arguments, build_gallery
+from .report import printable
 
 
 def register(subparsers) -> None:
@@ -21,7 +22,7 @@ def register(subparsers) -> None:
     parser.add_argument("--gallery", required=True, metavar="FOLDER", help="a folder of class sub-folders")
     add_model_arguments(parser)
     parser.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="exact search, FAISS, or auto (FAISS for large galleries)")
+    parser.add_argument("--backend", default="auto", choices=SEARCH_BACKENDS, help="exact search, FAISS, or auto (FAISS for large galleries)")
     parser.add_argument("--json", action="store_true", help="one JSON object per query per line: {query, neighbours: [{id, path, label, distance}]}")
     parser.set_defaults(func=run)
 
@@ -48,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_table(query: str, neighbours, distance: str) -> None:
-    width = max([len(n.label) for n in neighbours] + [5])
-    print(f"{query}  ({distance} distance)")
+    width = max([len(printable(n.label)) for n in neighbours] + [5])
+    print(f"{printable(query)}  ({distance} distance)")
     print(f"  {'rank':>4}  {'distance':>8}  {'class':<{width}}  id")
     for rank, n in enumerate(neighbours, 1):
-        print(f"  {rank:>4}  {n.distance:8.4f}  {n.label:<{width}}  {n.id}")
+        print(f"  {rank:>4}  {n.distance:8.4f}  {printable(n.label):<{width}}  {printable(n.id)}")

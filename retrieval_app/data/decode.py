@@ -23,6 +23,9 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image]
 # Pillow's own hard limit (2 × Image.MAX_IMAGE_PIXELS by default); kept here as a
 # constant so that a caller raising or disabling Pillow's global limit changes nothing.
 MAX_PIXELS = 178_956_970
+# Pillow's DecompressionBombWarning threshold (its default MAX_IMAGE_PIXELS): images
+# above it are decoded, but the scan reports them, since each costs seconds and GBs.
+LARGE_PIXELS = MAX_PIXELS // 2
 WHITE = (255, 255, 255)
 HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
@@ -181,8 +184,9 @@ def _unit_range(values: np.ndarray, mode: str) -> np.ndarray:
     return (values - low) / (high - low) if high > low else np.zeros_like(values)
 
 
-def check_image_file(path: str | os.PathLike) -> None:
-    """Cheaply check that `path` holds a readable image; raise `ImageDecodeError` if not.
+def check_image_file(path: str | os.PathLike) -> tuple[int, int]:
+    """Cheaply check that `path` holds a readable image and return its (width, height);
+    raise `ImageDecodeError` if it is not readable.
 
     Headers are parsed for every format; a JPEG must contain its end-of-image marker, a
     PNG must pass `verify()` (chunk checksums up to IEND); other formats are decoded when
@@ -202,6 +206,7 @@ def check_image_file(path: str | os.PathLike) -> None:
                 image.verify()
             elif path.stat().st_size <= FULL_CHECK_MAX_BYTES:
                 image.load()
+            return image.size
     except ImageDecodeError:
         raise
     except Exception as exc:

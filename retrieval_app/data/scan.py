@@ -4,6 +4,12 @@ First-level sub-folders are the classes; images anywhere below one belong to it.
 image's id is its POSIX path relative to the root: stable across runs and machines, so
 caches and the UI can refer to it. Unreadable files are skipped and reported, never fatal.
 
+Hidden names (starting with "."): a hidden image file is skipped and listed with the
+reason "hidden file", a hidden folder is listed once as "hidden folder, not scanned"
+(so `.thumbs/` or a macOS `._photo.jpg` never enter a data set unannounced); other
+files that are not images by their extension are ignored without a word. An image
+larger than Pillow's decompression-bomb warning threshold is used, with a warning.
+
 Symbolic links: linked files are followed; a linked class folder is followed; a linked
 folder below a class folder is followed only when it points outside the root (one that
 points into the root is scanned where it lives, or is a loop), and every real folder is
@@ -21,10 +27,13 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import DatasetError, ImageDecodeError
-from .decode import check_image_file
+from .decode import LARGE_PIXELS, check_image_file
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm"})
 LAYOUT_HINT = "needs at least two class sub-folders with images, e.g. root/cats/*.jpg, root/dogs/*.jpg"
+LOOSE_REASON = "not inside a class folder"
+HIDDEN_FILE_REASON = "hidden file"
+HIDDEN_FOLDER_REASON = "hidden folder, not scanned"
 SUMMARY_MAX_LINES = 5  # skipped files and warnings listed in `summary()`; the rest counted
 SUMMARY_MAX_CLASSES = 12  # more classes: only the per-class count range
 
@@ -103,10 +112,10 @@ def scan_folder(root: str | os.PathLike, *, check_images: bool = True) -> ScanRe
     walker = _Walker(root)
     class_folders, loose_images = walker.top_level()
     found = {name: sorted(walker.images_below(folder)) for name, folder in class_folders}
-    skipped = [SkippedFile(name, "not inside a class folder") for name in loose_images] + walker.skipped
+    skipped = [SkippedFile(name, LOOSE_REASON) for name in loose_images] + walker.skipped
     usable, warnings = {}, []
     for name, paths in found.items():
-        good = _usable(paths, root, skipped, check_images)
+        good = _usable(paths, root, skipped, warnings, check_images)
         if good:
             usable[name] = good
         else:
@@ -132,12 +141,14 @@ def _checked_root(root: str | os.PathLike) -> Path:
     return path.resolve()
 
 
-def _usable(paths: list[Path], root: Path, skipped: list[SkippedFile], check_images: bool) -> list[tuple[Path, os.stat_result]]:
+def _usable(paths: list[Path], root: Path, skipped: list[SkippedFile], warnings: list[str], check_images: bool) -> list[tuple[Path, os.stat_result]]:
     good = []
     for path in paths:
         try:
             if check_images:
-                check_image_file(path)
+                width, height = check_image_file(path)
+                if width * height > LARGE_PIXELS:
+                    warnings.append(f"{_relative(path, root)}: very large image ({width}×{height} pixels): decoding it takes seconds and gigabytes")
             good.append((path, path.stat()))
         except ImageDecodeError as exc:
             skipped.append(SkippedFile(_relative(path, root), getattr(exc, "reason", str(exc))))
@@ -150,7 +161,7 @@ def _require_two_classes(root: Path, usable: dict, found: dict, loose_images: li
     if not usable:
         n_found = sum(len(paths) for paths in found.values())
         if n_found:
-            example = next(s for s in skipped if s.reason != "not inside a class folder")
+            example = next(s for s in skipped if s.reason not in (LOOSE_REASON, HIDDEN_FILE_REASON, HIDDEN_FOLDER_REASON))
             raise DatasetError(f"none of the {n_found} images in {root} could be read (e.g. {example.path}: {example.reason})")
         if loose_images:
             raise DatasetError(f"found {len(loose_images)} images directly in {root} but no class sub-folders; the data set {LAYOUT_HINT}")
@@ -180,6 +191,7 @@ class _Walker:
         folders, loose = [], []
         for entry in entries:
             if entry.name.startswith("."):
+                self._skip_hidden(entry)
                 continue
             if entry.is_dir():
                 folders.append((entry.name, Path(entry.path)))
@@ -194,6 +206,7 @@ class _Walker:
             entries = self._entries(current)
             for entry in entries:
                 if entry.name.startswith("."):
+                    self._skip_hidden(entry)
                     continue
                 if entry.is_dir():
                     if not entry.is_symlink() or self._link_leads_outside(entry):
@@ -203,6 +216,14 @@ class _Walker:
                         yield Path(entry.path)
                     else:
                         self.skipped.append(SkippedFile(_relative(Path(entry.path), self.root), "broken link or not a regular file"))
+
+    def _skip_hidden(self, entry: os.DirEntry) -> None:
+        """List a hidden image file or folder as skipped; other hidden files are not images."""
+        relative = _relative(Path(entry.path), self.root)
+        if entry.is_dir():
+            self.skipped.append(SkippedFile(relative + "/", HIDDEN_FOLDER_REASON))
+        elif _is_image_name(entry.name):
+            self.skipped.append(SkippedFile(relative, HIDDEN_FILE_REASON))
 
     def _entries(self, folder: Path) -> list[os.DirEntry]:
         """The folder's entries, or none when it was walked already (a loop) or is unreadable."""

@@ -102,4 +102,5 @@ def _n_validation(n: int, fraction: float) -> int:
 
 def _rank(seed: int, kind: str, key: str) -> bytes:
     """A pseudo-random, process-independent sort key (Python's `hash` is salted per process)."""
-    return hashlib.blake2b(f"{seed}\0{kind}\0{key}".encode(), digest_size=8).digest()
+    # surrogateescape: a file name that is not valid UTF-8 hashes by its original bytes.
+    return hashlib.blake2b(f"{seed}\0{kind}\0{key}".encode("utf-8", "surrogateescape"), digest_size=8).digest()

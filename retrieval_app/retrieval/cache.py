@@ -18,14 +18,18 @@ Layout (never inside the image folder):
   relative to the folder), `sizes` (int64 bytes), `mtimes` (int64 ns) and `vectors`
   (float32, N × D), plus `format` (int, 1). A file's vector is reused only when its id,
   size and mtime all match.
-- While a run computes, every `FLUSH_ROWS` new vectors (and whatever is done when it is
-  cancelled or fails) are written as a `part-*.npz`, so a killed or cancelled run
-  keeps its work; at the end everything is merged into `store.npz`, which then holds
+- While a run computes, every `FLUSH_ROWS` new vectors, and whatever was computed when
+  `FLUSH_SECONDS` have passed since the last write (and whatever is done when it is
+  cancelled or fails), are written as a `part-*.npz`, so a killed or cancelled run
+  keeps its work (a kill loses at most the last ~10 s); at the end everything is merged into `store.npz`, which then holds
   exactly the records asked for, and the parts are deleted. Readers merge the store and
   then the parts in name (time) order.
 - Every file is written atomically (temp file + fsync + rename): a killed process
-  leaves the old file or the new one, never a torn one. A file that cannot be read
-  anyway (foreign, truncated by other means) is skipped with a warning and rebuilt.
+  leaves the old file or the new one, never a torn one, plus a temp file that the next
+  open of the same cache folder removes (`atomic.remove_stale_temp_files`: only when its
+  writer process is gone or it is older than 10 minutes, since another process may be
+  writing). A file that cannot be read anyway (foreign, truncated by other means) is
+  skipped with a warning and rebuilt.
 - Unreadable images are not cached (they are retried next time)."""
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..atomic import atomic_numpy_save
+from ..atomic import atomic_numpy_save, remove_stale_temp_files
 from ..data.scan import ImageRecord, ScanResult
 from ..networks import model_fingerprint
 from ..paths import cache_dir as default_cache_dir
@@ -54,6 +58,7 @@ CACHE_FORMAT = 1
 STORE_NAME = "store.npz"
 PART_PREFIX = "part-"
 FLUSH_ROWS = 1024  # new vectors per pending part file (≈ 25 s of CPU embedding)
+FLUSH_SECONDS = 10.0  # ...or sooner: at most this much work is lost to a kill
 
 
 # ----------------------------------------------------------------------------- keys
@@ -70,7 +75,8 @@ def model_cache_key(net, output: str) -> str:
 
 
 def folder_key(root: str | os.PathLike) -> str:
-    return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
+    # fsencode: a path that is not valid UTF-8 hashes by its bytes (plain `.encode()` fails).
+    return hashlib.sha256(os.fsencode(Path(root).resolve())).hexdigest()[:16]
 
 
 def store_dir(net, root: str | os.PathLike, output: str = "embeddings", cache_dir: str | os.PathLike | None = None) -> Path:
@@ -159,10 +165,13 @@ def _save(path: Path, ids: Sequence[str], sizes: Sequence[int], mtimes: Sequence
 
 
 class _PendingWriter:
-    """Collects freshly computed rows and writes them as part files every `flush_rows`."""
+    """Collects freshly computed rows and writes them as a part file once `flush_rows`
+    are pending or `flush_seconds` have passed since the last write (or the start)."""
 
-    def __init__(self, folder: Path, records: Sequence[ImageRecord], flush_rows: int) -> None:
+    def __init__(self, folder: Path, records: Sequence[ImageRecord], flush_rows: int, flush_seconds: float = FLUSH_SECONDS, clock=time.monotonic) -> None:
         self.folder, self.records, self.flush_rows = folder, records, flush_rows
+        self.flush_seconds, self.clock = flush_seconds, clock
+        self.last_write = clock()
         self.rows: list[np.ndarray] = []
         self.vectors: list[np.ndarray] = []
         self.written: list[Path] = []
@@ -171,12 +180,14 @@ class _PendingWriter:
         if len(rows):
             self.rows.append(rows)
             self.vectors.append(vectors)
-        if sum(len(r) for r in self.rows) >= self.flush_rows:
+        overdue = self.clock() - self.last_write >= self.flush_seconds
+        if sum(len(r) for r in self.rows) >= self.flush_rows or overdue:
             self.flush()
 
     def flush(self) -> None:
         if not self.rows:
             return
+        self.last_write = self.clock()
         rows, vectors = np.concatenate(self.rows), np.concatenate(self.vectors)
         self.rows, self.vectors = [], []
         records = [self.records[i] for i in rows]
@@ -214,6 +225,7 @@ def cached_embeddings(
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     flush_rows: int = FLUSH_ROWS,
+    flush_seconds: float = FLUSH_SECONDS,
 ) -> EmbeddingResult:
     """Embeddings of every record (in order), read from the cache where the file is
     unchanged and computed (then cached) where it is new or changed.
@@ -226,6 +238,7 @@ def cached_embeddings(
     if not records:
         return EmbeddingResult(np.zeros((0, output_dim(net, output) or 0), np.float32), np.zeros(0, bool))
     folder = store_dir(net, root_of(records), output, cache_dir)
+    remove_stale_temp_files(folder)
     stored = read_store(folder)
     hits, sources, misses = _match(records, stored)
     result = EmbeddingResult(
@@ -241,7 +254,7 @@ def cached_embeddings(
     result.n_removed = len(set(stored.ids.tolist()) - current)
     if progress is not None:
         progress(len(hits), len(records))
-    writer = _PendingWriter(folder, records, flush_rows)
+    writer = _PendingWriter(folder, records, flush_rows, flush_seconds)
     if len(misses):
         _compute_misses(net, records, misses, result, writer, batch_size=batch_size, num_workers=num_workers, device=device, progress=progress, cancel=cancel, output=output, n_hits=len(hits))
     merged_already = [p.name for p in stored.files] == [STORE_NAME]

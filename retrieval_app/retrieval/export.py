@@ -17,17 +17,22 @@ from __future__ import annotations
 
 import csv
 import io
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..atomic import atomic_numpy_save, atomic_write_bytes, atomic_write_text
+from ..choices import EXPORT_FORMATS
 from ..data.scan import ImageRecord
 from ..errors import RetrievalAppError
 
-FORMATS = ("npz", "csv", "parquet", "projector")
+FORMATS = EXPORT_FORMATS
 WEBGL_FROM = 5_000  # points; below, SVG markers (sharper, no WebGL needed)
+# File names that are not valid UTF-8 (lone surrogates in Python) are written to text
+# formats as backslash escapes of their bytes (`\xff`): the file stays valid UTF-8.
+NAME_ERRORS = "backslashreplace"
 
 
 def export_embeddings(records: Sequence[ImageRecord], embeddings: np.ndarray, out: str | Path, fmt: str, *, classes: Sequence[str] | None = None) -> list[Path]:
@@ -38,14 +43,47 @@ def export_embeddings(records: Sequence[ImageRecord], embeddings: np.ndarray, ou
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or len(records) != len(embeddings):
         raise RetrievalAppError(f"{len(records)} records but embeddings of shape {embeddings.shape}")
+    out = check_output_path(out, fmt)
+    with _user_errors(out):
+        if fmt == "npz":
+            return [_write_npz(records, embeddings, out, classes)]
+        if fmt == "csv":
+            return [atomic_write_text(out, _csv_text(records, embeddings), errors=NAME_ERRORS)]
+        if fmt == "parquet":
+            return [_write_parquet(records, embeddings, out)]
+        return _write_projector(records, embeddings, out)
+
+
+def check_output_path(out: str | Path, fmt: str) -> Path:
+    """`out` as a Path when it can take `fmt` (one of `FORMATS`, or "html" for a map);
+    otherwise a `RetrievalAppError` saying why, so callers can refuse before any work:
+    a folder where a file goes, a file where the projector's folder goes, or a file
+    where a parent folder must be."""
     out = Path(out)
-    if fmt == "npz":
-        return [_write_npz(records, embeddings, out, classes)]
-    if fmt == "csv":
-        return [atomic_write_text(out, _csv_text(records, embeddings))]
-    if fmt == "parquet":
-        return [_write_parquet(records, embeddings, out)]
-    return _write_projector(records, embeddings, out)
+    target = _projector_folder(out) if fmt == "projector" else out
+    if fmt == "projector" and target.exists() and not target.is_dir():
+        raise RetrievalAppError(f"{target} is a file; --format projector writes vectors.tsv and metadata.tsv into a folder")
+    if fmt != "projector" and target.is_dir():
+        raise RetrievalAppError(f"{target} is a folder; the output must be a file name, e.g. {target / ('embeddings.' + fmt)}")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RetrievalAppError(f"cannot write {target}: {parent} is a file, not a folder")
+            break
+    return out
+
+
+@contextmanager
+def _user_errors(out: Path):
+    """A failed write (permission, full disk, ...) is the user's one-line error."""
+    try:
+        yield
+    except OSError as exc:
+        raise RetrievalAppError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from exc
+
+
+def _projector_folder(out: Path) -> Path:
+    return out.parent if out.suffix.lower() == ".tsv" else out
 
 
 def _write_npz(records, embeddings: np.ndarray, out: Path, classes: Sequence[str] | None) -> Path:
@@ -80,9 +118,9 @@ def _write_parquet(records, embeddings: np.ndarray, out: Path) -> Path:
         raise RetrievalAppError("Parquet export needs pyarrow: pip install 'retrieval-app[parquet]' (or export npz/csv)") from None
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(embeddings).reshape(-1), type=pa.float32()), embeddings.shape[1])
     table = pa.table({
-        "id": [r.id for r in records],
-        "class": [r.class_name for r in records],
-        "path": [str(r.path) for r in records],
+        "id": [_utf8(r.id) for r in records],
+        "class": [_utf8(r.class_name) for r in records],
+        "path": [_utf8(r.path) for r in records],
         "label": pa.array([r.label for r in records], type=pa.int64()),
         "embedding": vectors,
     })
@@ -91,15 +129,20 @@ def _write_parquet(records, embeddings: np.ndarray, out: Path) -> Path:
     return atomic_write_bytes(out, buffer.getvalue())
 
 
+def _utf8(value) -> str:
+    """`value` as text that encodes to UTF-8 (see `NAME_ERRORS`)."""
+    return str(value).encode("utf-8", NAME_ERRORS).decode("utf-8")
+
+
 def _tsv_field(value) -> str:
     return str(value).replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
 def _write_projector(records, embeddings: np.ndarray, out: Path) -> list[Path]:
-    folder = out.parent if out.suffix.lower() == ".tsv" else out
+    folder = _projector_folder(out)
     vectors = "".join("\t".join(f"{v:.9g}" for v in row) + "\n" for row in embeddings.tolist())
     metadata = "id\tclass\tpath\n" + "".join(f"{_tsv_field(r.id)}\t{_tsv_field(r.class_name)}\t{_tsv_field(r.path)}\n" for r in records)
-    return [atomic_write_text(folder / "vectors.tsv", vectors), atomic_write_text(folder / "metadata.tsv", metadata)]
+    return [atomic_write_text(folder / "vectors.tsv", vectors), atomic_write_text(folder / "metadata.tsv", metadata, errors=NAME_ERRORS)]
 
 
 def map_figure(records: Sequence[ImageRecord], coords: np.ndarray, classes: Sequence[str], *, title: str = ""):
@@ -132,5 +175,7 @@ def map_figure(records: Sequence[ImageRecord], coords: np.ndarray, classes: Sequ
 
 def export_map_html(records: Sequence[ImageRecord], coords: np.ndarray, classes: Sequence[str], out: str | Path, *, title: str = "Embedding map") -> Path:
     """A standalone HTML file of the map (plotly.js inlined: it opens offline)."""
+    out = check_output_path(out, "html")
     html = map_figure(records, coords, classes, title=title).to_html(include_plotlyjs=True, full_html=True)
-    return atomic_write_text(out, html)
+    with _user_errors(out):
+        return atomic_write_text(out, html, errors=NAME_ERRORS)

@@ -37,12 +37,13 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_numpy_save
+from ..choices import PROJECTION_METHODS
 from ..errors import RetrievalAppError
 from ..paths import cache_dir as default_cache_dir
 
 log = logging.getLogger(__name__)
 
-METHODS = ("umap", "pca", "tsne")
+METHODS = PROJECTION_METHODS
 PRE_REDUCE_DIM = 50
 MIN_POINTS = {"umap": 10, "tsne": 5, "pca": 2}
 PLACEMENT_NEIGHBOURS = 5

@@ -13,11 +13,12 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from ..choices import SEARCH_BACKENDS
 from ..errors import RetrievalAppError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "exact", "faiss")
+BACKENDS = SEARCH_BACKENDS
 SEARCH_DISTANCES = ("euclidean", "cosine")
 FAISS_THRESHOLD = 50_000  # "auto" switches to FAISS from this many vectors
 # Distance matrix entries computed at once by the exact search (64 MB of float32): keeps

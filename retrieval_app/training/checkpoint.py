@@ -68,12 +68,17 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         path = path / MODEL_FILE
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    not_ours = f"{path}: not a retrieval-app checkpoint (or damaged)"
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as exc:  # the file itself cannot be read: say why
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        # Random bytes, a truncated file, or a pickle that would run code: torch's several
+        # lines of advice (re-run with weights_only=False) must not reach a user.
+        raise CheckpointError(not_ours) from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "state_dict" not in payload:
-        raise CheckpointError(f"{path} is not a retrieval-app checkpoint (unknown format)")
+        raise CheckpointError(not_ours)
     return payload
 
 

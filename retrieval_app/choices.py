@@ -1,0 +1,29 @@
+"""The names users choose from (backbones, distances, mining strategies, ...), in a
+module that imports nothing, so the command line can build its parsers, print `--help`
+and reject a bad argument without importing torch (which costs seconds).
+
+Each tuple here is the one list of its kind: the modules that implement the choices
+take their names from it (`retrieval/export.py`, `retrieval/projection.py` and
+`retrieval/search.py` do), and `tests/test_cli_startup.py` checks that the torch-side
+registries (`networks.list_models()`, `losses.DISTANCES`, `losses.MINING_STRATEGIES`,
+`training.config.MODES` / `REDUCTIONS`) offer exactly these names."""
+
+from __future__ import annotations
+
+# networks/registry.py registers a backbone under each of these names.
+BACKBONES = ("efficientnet_lite0", "resnet18", "resnet50", "small_cnn")
+DEFAULT_BACKBONE = "efficientnet_lite0"
+HEADS = ("linear", "mlp")
+
+# losses/
+DISTANCES = ("euclidean", "squared_euclidean", "cosine", "linf")
+MINING_STRATEGIES = ("batch_all", "batch_hard", "semi_hard", "random")
+REDUCTIONS = ("mean", "sum")
+
+# training/config.py
+TRAIN_MODES = ("auto", "quick", "full")
+
+# retrieval/
+PROJECTION_METHODS = ("umap", "pca", "tsne")
+EXPORT_FORMATS = ("npz", "csv", "parquet", "projector")
+SEARCH_BACKENDS = ("auto", "exact", "faiss")
