@@ -16,13 +16,15 @@ import plotly.graph_objects as go
 from ..errors import RetrievalAppError
 from ..losses import MINING_STRATEGIES
 from ..networks import DEFAULT_BACKBONE, list_models
-from ..paths import cache_dir, models_dir, sample_data_dir
+from ..paths import models_dir, sample_data_dir
 from ..retrieval.projection import METHODS
 from ..training import delete_checkpoint, list_checkpoints
 from ..training.config import MODES
-from .access import DataRoots, extract_upload
+from .access import DataRoots, expire_uploads, extract_upload
 from .plot import PLOT_CSS, PLOT_JS, PLOT_TEMPLATE, map_figure_json
-from .session import SessionState, uploads_dir
+from .served import served_root
+from .session import SessionState, uploads_dir, uploads_root
+from .text import error_text, md_escape, plural
 
 INTRO = """# Image similarity search
 **1 · Load** a folder with one sub-folder per class (the sample set is ready below) ·
@@ -55,11 +57,12 @@ def _model_name(spec: str) -> str:
 
 
 def _neighbour_items(state: SessionState, neighbours) -> list[tuple[str, str]]:
-    # Class and distance first: a gallery caption is one line and is cut off at the end.
+    """Gallery items: thumbnail and "rank. ✓ class · distance · id" (the page wraps the
+    caption, so the whole id shows, colours ✓ green and ✗ red, and gives it as a tooltip)."""
     items = []
-    for n in neighbours:
+    for rank, n in enumerate(neighbours, 1):
         mark = "✓ " if n.same_class else ("✗ " if n.same_class is False else "")
-        items.append((str(state.thumb(n.index)), f"{mark}{n.label} {n.distance:.3f} · {n.id}"))
+        items.append((str(state.thumb(n.index)), f"{rank}. {mark}{n.label} · {n.distance:.3f} · {n.id}"))
     return items
 
 
@@ -68,24 +71,26 @@ def _map_value(state: SessionState) -> str:
         return ""
     g, p = state.gallery, state.projection
     query, neighbours = state.highlight
-    title = f"{METHOD_LABELS[p.method]} of {len(g)} images · {_model_name(state.model_spec)}" + (f" · {p.note}" if p.note else "")
+    title = f"{METHOD_LABELS[p.method]} of {plural(len(g), 'image')} · {_model_name(state.model_spec)}" + (f" · {p.note}" if p.note else "")
     revision = f"{g.root}|{state.model_spec}|{p.method}|{len(g)}"
     return map_figure_json(p.coords, g.labels, g.classes, [r.id for r in g.records], state.thumbs, query=query, neighbours=neighbours, query_point=state.query_point, title=title, revision=revision)
 
 
 def _scan_summary(state: SessionState) -> str:
+    """What was loaded, skipped and looks wrong; every name from the folder escaped."""
     scan, g = state.scan, state.gallery
-    counts = ", ".join(f"{name} {n}" for name, n in scan.class_counts().items())
-    lines = [f"**{len(g)} images in {len(scan.classes)} classes** from `{scan.root}` ({g.n_cached} from cache, {g.n_computed} embedded now) · {counts}"]
+    counts = ", ".join(f"{md_escape(name)} {n}" for name, n in scan.class_counts().items())
+    lines = [f"**{plural(len(g), 'image')} in {plural(len(scan.classes), 'class', 'classes')}** from {md_escape(scan.root)} ({g.n_cached} from cache, {g.n_computed} embedded now) · {counts}"]
     skipped = [(s.path, s.reason) for s in scan.skipped] + list(g.failures)
     if skipped:
-        lines.append(f"**Skipped {len(skipped)} files:** " + "; ".join(f"`{p}`: {r}" for p, r in skipped[:20]) + (" …" if len(skipped) > 20 else ""))
-    lines += [f"⚠ {w}" for w in scan.warnings]
+        listed = "; ".join(f"{md_escape(p)}: {md_escape(r)}" for p, r in skipped[:20])
+        lines.append(f"**Skipped {plural(len(skipped), 'file')}:** {listed}" + (" …" if len(skipped) > 20 else ""))
+    lines += [f"⚠ {md_escape(w)}" for w in scan.warnings]
     return "\n\n".join(lines)
 
 
 def _error(exc: Exception) -> str:
-    return f"❌ {exc}" if isinstance(exc, RetrievalAppError) else f"❌ {type(exc).__name__}: {exc}"
+    return error_text(exc)
 
 
 # ------------------------------------------------------------------ handlers
@@ -97,13 +102,14 @@ def load_folder(config: AppConfig, state: SessionState | None, folder: str, mode
     except Exception as exc:
         yield state, _error(exc), _map_value(state)
         return
-    yield from _load(state, resolved, model, method, progress)
+    yield from _load(state, resolved, model, method, progress, config.data_roots)
 
 
-def _load(state: SessionState, folder: Path, model: str, method: str, progress):
-    """Scan + embed with progress, show a quick PCA map, then the chosen map."""
+def _load(state: SessionState, folder: Path, model: str, method: str, progress, roots: DataRoots):
+    """Scan + embed with progress, show a quick PCA map, then the chosen map. In share mode
+    (`roots.restricted`) images that resolve outside the roots are skipped."""
     try:
-        state.load(folder, model, lambda f, text: progress(f, desc=text))
+        state.load(folder, model, lambda f, text: progress(f, desc=text), roots=roots if roots.restricted else None)
         state.quick_projection()
         yield state, _scan_summary(state) + ("\n\nComputing the " + METHOD_LABELS[method] + " map…" if method != "pca" else ""), _map_value(state)
         if method != "pca":
@@ -127,35 +133,42 @@ def change_method(state: SessionState | None, method: str):
 def _point_summary(state: SessionState, index: int, neighbours) -> str:
     record = state.gallery.records[index]
     same = sum(bool(n.same_class) for n in neighbours)
-    return f"Query: **{record.id}** (class {record.class_name}) · {same}/{len(neighbours)} neighbours of the same class"
+    return f"Query: **{md_escape(record.id)}** (class {md_escape(record.class_name)}) · {same}/{len(neighbours)} neighbours of the same class"
 
 
 def _image_summary(neighbours) -> str:
-    return f"Query image placed on the map (★) · nearest: {neighbours[0].label}" if neighbours else "No neighbours."
+    return f"Query image placed on the map (★) · nearest: {md_escape(neighbours[0].label)}" if neighbours else "No neighbours."
 
 
-def click_point(state: SessionState | None, k: int, evt: gr.EventData):
-    """A click on the map: the point's neighbours, its image as the query, a summary."""
+def neighbours_of_point(state: SessionState | None, index: float | None, k: int, evt: gr.EventData):
+    """The neighbours of map point `index` (a click on the map sends its point's index in
+    the event; API callers pass `index`), its image as the query, and a summary."""
     if state is None or state.gallery is None:
         return state, [], None, "Load a folder first."
-    data = getattr(evt, "_data", None) or {}
+    data = getattr(evt, "_data", None)
+    if isinstance(data, dict) and "index" in data:  # a click on the map
+        index = data["index"]
     try:
-        index = data.get("index") if isinstance(data, dict) else None
+        if isinstance(index, float) and not index.is_integer():
+            raise RetrievalAppError(f"not a point index: {index!r}")
         neighbours = state.neighbours_of_point(index, int(k))
     except Exception as exc:
+        state.clear_query()
         return state, [], None, _error(exc)
     index = int(index)
     return state, _neighbour_items(state, neighbours), str(state.thumb(index)), _point_summary(state, index, neighbours)
 
 
-def query_image(state: SessionState | None, image_path: str | None, k: int):
-    """A dropped / pasted / uploaded image: its neighbours in the loaded folder."""
-    if image_path is None:
+def query_image(state: SessionState | None, upload: dict | str | None, k: int):
+    """A dropped / pasted / uploaded image: its neighbours in the loaded folder. `upload`
+    is the raw uploaded file (the event skips Gradio's image preprocessing; see
+    `query_input`). A file that is no usable image empties the results and the highlight."""
+    if upload is None:
         return state, [], "Drop an image to search."
     if state is None or state.gallery is None:
         return state, [], "Load a folder first."
     try:
-        neighbours = state.neighbours_of_image(image_path, int(k))
+        neighbours = state.neighbours_of_image(upload, int(k))
     except Exception as exc:
         return state, [], _error(exc)
     return state, _neighbour_items(state, neighbours), _image_summary(neighbours)
@@ -303,22 +316,45 @@ def _checkpoint_dropdown():
     return gr.update(choices=_checkpoint_choices(), value=None)
 
 
+def model_lists(current_model: str | None = None):
+    """The models table and both model selectors as they are on disk now: read when a
+    page opens, after every training run and deletion, and on Refresh. The model in use
+    stays selected while it exists."""
+    choices = _model_choices()
+    values = {c if isinstance(c, str) else c[1] for c in choices}
+    model = gr.update(choices=choices, value=current_model if current_model in values else DEFAULT_BACKBONE)
+    return models_table(), gr.update(choices=_checkpoint_choices()), model
+
+
+def ask_to_delete(config: AppConfig, path: str | None):
+    """The Delete button: nothing is deleted yet, the page asks first."""
+    if config.data_roots.restricted:
+        return "Deleting models is switched off in share mode.", gr.Row(visible=False), gr.skip()
+    if not path:
+        return "Choose a model to delete.", gr.Row(visible=False), gr.skip()
+    return "", gr.Row(visible=True), f"Delete **{md_escape(Path(path).name)}** for good? Its folder `models/{md_escape(Path(path).name)}` is removed."
+
+
+def hide_confirmation():
+    return gr.Row(visible=False)
+
+
 def delete_model(config: AppConfig, path: str | None, current_model: str):
     """Delete a checkpoint folder under models/ (not in share mode: visitors may not)."""
     if config.data_roots.restricted:
-        return "Deleting models is switched off in share mode.", gr.skip(), gr.skip(), gr.skip()
+        return "Deleting models is switched off in share mode.", gr.skip(), gr.skip(), gr.skip(), gr.Row(visible=False)
     if not path:
-        return "Choose a model to delete.", models_table(), _checkpoint_dropdown(), gr.skip()
+        return "Choose a model to delete.", models_table(), _checkpoint_dropdown(), gr.skip(), gr.Row(visible=False)
     try:
         delete_checkpoint(path, root=models_dir())
     except Exception as exc:
-        return _error(exc), models_table(), _checkpoint_dropdown(), gr.skip()
+        return _error(exc), models_table(), _checkpoint_dropdown(), gr.skip(), gr.Row(visible=False)
     # The page keeps using a deleted model until another is loaded; the selector forgets it.
-    model = gr.update(choices=_model_choices(), value=DEFAULT_BACKBONE if current_model == path else current_model)
-    return f"Deleted `{Path(path).name}`.", models_table(), _checkpoint_dropdown(), model
+    table, _, model = model_lists(current_model)
+    return f"Deleted {md_escape(Path(path).name)}.", table, _checkpoint_dropdown(), model, gr.Row(visible=False)
 
 
-def upload_folder(state: SessionState | None, files, model, method, progress=gr.Progress()):
+def upload_folder(config: AppConfig, state: SessionState | None, files, model, method, progress=gr.Progress()):
     """An uploaded zip / images: unpacked into this session's part of the app cache (never
     into a user folder), then loaded like a folder. The unpacked folder is ours, so share
     mode's data roots do not apply to it."""
@@ -326,25 +362,37 @@ def upload_folder(state: SessionState | None, files, model, method, progress=gr.
     if not files:
         yield state, "Choose a zip or some images first.", _map_value(state), gr.skip()
         return
+    expire_uploads(uploads_root())  # old uploads of every session go; this one is new
     try:
         folder = extract_upload([getattr(f, "name", f) for f in files], uploads_dir(state.session_id))
     except Exception as exc:
         yield state, _error(exc), _map_value(state), gr.skip()
         return
-    for state, text, value in _load(state, folder, model, method, progress):
+    # Links inside an unpacked zip are never created (members are written as files), but
+    # the roots check still keeps every image of it inside its own folder in share mode.
+    roots = DataRoots.of([folder], restricted=config.data_roots.restricted)
+    for state, text, value in _load(state, folder, model, method, progress, roots):
         yield state, text, value, str(folder)
 
 
 # ---------------------------------------------------------------------- page
 def end_session(state: SessionState | None) -> None:
-    """Gradio drops a closed tab's state after a while: stop its training run with it."""
-    if state is not None and state.job is not None and state.job.running:
+    """Gradio drops a closed tab's state after a while: stop its training run with it, and
+    stop serving its thumbnails."""
+    if state is None:
+        return
+    if state.job is not None and state.job.running:
         state.job.cancel()
+    state.served.close()
 
 
 def build_app(config: AppConfig) -> gr.Blocks:
-    """The whole page: load, explore, query, fine-tune, models; one `SessionState` per browser session."""
-    with gr.Blocks(title="retrieval-app") as demo:
+    """The whole page: load, explore, query, fine-tune, models; one `SessionState` per browser session.
+
+    Every event a client may call has an `api_name` (see README, "The app's API"); the
+    internal ones (redraws, the timer's hand-over, page-load refreshes) are private."""
+    # Gradio's temporary copies (query uploads, gallery images) older than a day go hourly.
+    with gr.Blocks(title="retrieval-app", delete_cache=(3600, 24 * 3600)) as demo:
         state = gr.State(None, delete_callback=end_session)
         gr.Markdown(INTRO)
         with gr.Row(equal_height=True):
@@ -354,17 +402,19 @@ def build_app(config: AppConfig) -> gr.Blocks:
             with gr.Column(scale=1, min_width=150):
                 load = gr.Button("Load folder", variant="primary", elem_id="load-folder")
                 upload = gr.UploadButton("…or upload a zip", file_count="multiple", file_types=[".zip", "image"], elem_id="upload-folder", size="sm")
-        load_status = gr.Markdown("Press **Load folder** to embed the folder.", elem_id="load-status")
+        load_status = gr.Markdown("Press **Load folder** to embed the folder.", elem_id="load-status", label="Load status", latex_delimiters=[])
         with gr.Row():
             with gr.Column(scale=3):
                 # Label hidden: the three choices name themselves, right above the map.
                 method = gr.Radio(label="Map", show_label=False, container=False, choices=[(METHOD_LABELS[m], m) for m in METHODS], value="umap", elem_id="map-method")
-                plot = gr.HTML(value="", html_template=PLOT_TEMPLATE, css_template=PLOT_CSS, js_on_load=PLOT_JS, elem_id="embedding-plot", apply_default_css=False)
+                plot = gr.HTML(value="", html_template=PLOT_TEMPLATE, css_template=PLOT_CSS, js_on_load=PLOT_JS, elem_id="embedding-plot", apply_default_css=False, label="Map (plotly figure as JSON)")
             with gr.Column(scale=2):
                 query = gr.Image(label="Query: drop, paste or click to upload an image", type="filepath", sources=["upload", "clipboard"], height=200, elem_id="query-image")
+                # The map sends a click's point in the event; API callers give the index here.
+                point_index = gr.Number(label="Point index", value=None, visible=False)
                 k = gr.Slider(1, 30, value=8, step=1, label="Neighbours (k)", elem_id="k-slider", info="✓ / ✗: same / other class than the query · map: ★ query, ◯ neighbours")
-                result = gr.Markdown("Click a point on the map, or drop an image: its nearest neighbours appear below, with class and distance.", elem_id="query-result")
-                gallery = gr.Gallery(label="Nearest neighbours: class and distance", show_label=False, columns=3, height=380, elem_id="neighbour-gallery", object_fit="contain", allow_preview=True)
+                result = gr.Markdown("Click a point on the map, or drop an image: its nearest neighbours appear below, with class and distance.", elem_id="query-result", label="Query result", latex_delimiters=[])
+                gallery = gr.Gallery(label="Nearest neighbours: rank, class, distance, id", show_label=False, columns=3, height=380, elem_id="neighbour-gallery", object_fit="contain", allow_preview=True)
         with gr.Accordion("4 · Fine-tune with a triplet loss", open=False):
             with gr.Row():
                 backbone = gr.Dropdown(label="Backbone", choices=list_models(), value=DEFAULT_BACKBONE)
@@ -384,47 +434,87 @@ def build_app(config: AppConfig) -> gr.Blocks:
                 val_plot = gr.Plot(label="Validation")
             before_after = gr.Dataframe(headers=["metric", "start", "trained"], label="Before / after", elem_id="before-after", interactive=False)
         with gr.Accordion("5 · Models", open=False):
-            models = gr.Dataframe(headers=["name", "MAP@R", "P@1", "backbone", "mining", "path"], value=models_table, interactive=False)
+            models = gr.Dataframe(headers=["name", "MAP@R", "P@1", "backbone", "mining", "path"], label="Models", interactive=False)  # filled when the page opens
             with gr.Row():
                 chosen = gr.Dropdown(label="Checkpoint", choices=_checkpoint_choices(), allow_custom_value=False)
                 use = gr.Button("Use for search")
-                remove = gr.Button("Delete", variant="stop")
+                remove = gr.Button("Delete", variant="stop", elem_id="model-delete")
                 refresh = gr.Button("Refresh")
-            models_status = gr.Markdown("")
+            with gr.Row(visible=False, elem_id="delete-confirm") as confirm_row:
+                confirm_text = gr.Markdown("", latex_delimiters=[])
+                confirm_yes = gr.Button("Yes, delete", variant="stop", elem_id="delete-yes")
+                confirm_no = gr.Button("Keep it", elem_id="delete-no")
+            models_status = gr.Markdown("", elem_id="models-status", label="Models status", latex_delimiters=[])
         timer = gr.Timer(1.0, active=False)
         adopt = gr.Textbox(visible="hidden")  # set to a trained model's folder when its run ends
 
+        private = {"api_visibility": "private"}
         load_inputs = [state, folder, model, method]
-        load.click(partial(load_folder, config), load_inputs, [state, load_status, plot], concurrency_limit=2)
-        folder.submit(partial(load_folder, config), load_inputs, [state, load_status, plot], concurrency_limit=2)
-        picker.change(lambda p: p or gr.skip(), picker, folder)
-        upload.upload(upload_folder, [state, upload, model, method], [state, load_status, plot, folder], concurrency_limit=2)
-        method.change(change_method, [state, method], [state, load_status, plot], concurrency_limit=2)
-        plot.click(click_point, [state, k], [state, gallery, query, result], trigger_mode="multiple", concurrency_limit=None).then(redraw, state, plot)
-        query.upload(query_image, [state, query, k], [state, gallery, result], concurrency_limit=None).then(redraw, state, plot)
-        k.change(change_k, [state, k], [state, gallery, result, plot], trigger_mode="always_last")
-        start.click(start_training, [state, backbone, mode, distance, margin, mining, epochs, budget, name], [state, train_status, timer])
-        cancel.click(cancel_training, state, train_status, concurrency_limit=None)
-        timer.tick(poll_training, state, [state, train_status, loss_plot, val_plot, before_after, timer, adopt], concurrency_limit=None, show_progress="hidden")
-        adopt.change(adopt_trained_model, state, [state, train_status, plot, model, models, chosen], concurrency_limit=2)
-        use.click(lambda m: gr.update(value=m) if m else gr.skip(), chosen, model).then(partial(load_folder, config), load_inputs, [state, load_status, plot])
-        remove.click(partial(delete_model, config), [chosen, model], [models_status, models, chosen, model])
-        refresh.click(lambda: (models_table(), gr.update(choices=_checkpoint_choices()), gr.update(choices=_model_choices())), None, [models, chosen, model])
+        lists = [models, chosen, model]
+        load.click(partial(load_folder, config), load_inputs, [state, load_status, plot], concurrency_limit=2, concurrency_id="load", api_name="load_folder")
+        folder.submit(partial(load_folder, config), load_inputs, [state, load_status, plot], concurrency_id="load", **private)
+        picker.change(lambda p: p or gr.skip(), picker, folder, **private)
+        upload.upload(partial(upload_folder, config), [state, upload, model, method], [state, load_status, plot, folder], concurrency_id="load", api_name="upload_folder")
+        method.change(change_method, [state, method], [state, load_status, plot], concurrency_limit=2, api_name="set_map_method")
+        plot.click(neighbours_of_point, [state, point_index, k], [state, gallery, query, result], trigger_mode="multiple", concurrency_limit=None, api_name="neighbours_of_point").then(redraw, state, plot, **private)
+        # Raw upload, decoded by the app (query_input.py); two decodes at a time at most.
+        query.upload(query_image, [state, query, k], [state, gallery, result], preprocess=False, concurrency_limit=2, concurrency_id="query_image", api_name="query_image").then(redraw, state, plot, **private)
+        k.change(change_k, [state, k], [state, gallery, result, plot], trigger_mode="always_last", api_name="set_k")
+        start.click(start_training, [state, backbone, mode, distance, margin, mining, epochs, budget, name], [state, train_status, timer], api_name="train")
+        cancel.click(cancel_training, state, train_status, concurrency_limit=None, api_name="cancel_training")
+        timer.tick(poll_training, state, [state, train_status, loss_plot, val_plot, before_after, timer, adopt], concurrency_limit=None, show_progress="hidden", api_name="training_status")
+        adopt.change(adopt_trained_model, state, [state, train_status, plot, model, models, chosen], concurrency_limit=2, **private).then(model_lists, model, lists, **private)
+        use.click(lambda m: gr.update(value=m) if m else gr.skip(), chosen, model, **private).then(partial(load_folder, config), load_inputs, [state, load_status, plot], **private)
+        remove.click(partial(ask_to_delete, config), chosen, [models_status, confirm_row, confirm_text], **private)
+        confirm_yes.click(partial(delete_model, config), [chosen, model], [models_status, models, chosen, model, confirm_row], api_name="delete_model")
+        confirm_no.click(hide_confirmation, None, confirm_row, **private)
+        chosen.change(hide_confirmation, None, confirm_row, **private)  # a confirmation is for one model
+        refresh.click(model_lists, model, lists, api_name="list_models")
+        demo.load(model_lists, model, lists, **private)  # models trained since the server started
         if config.folder is not None:
-            demo.load(partial(load_folder, config), load_inputs, [state, load_status, plot])
+            demo.load(partial(load_folder, config), load_inputs, [state, load_status, plot], **private)
     return demo
 
 
+# The neighbours' captions: wrapped, so the whole id shows; coloured by the ✓ / ✗ they
+# start with (Gradio's captions are plain text: a script marks each one, see CAPTION_JS).
+PAGE_CSS = """
+#neighbour-gallery .caption-label { white-space: normal; overflow-wrap: anywhere; max-width: calc(100% - 8px); font-size: 12px; line-height: 1.25; }
+#neighbour-gallery .caption-label[data-match="same"] { color: #1a7f37; font-weight: 600; }
+#neighbour-gallery .caption-label[data-match="other"] { color: #c62828; font-weight: 600; }
+"""
+
+CAPTION_JS = """
+<script>
+(() => {
+  // "1. ✓ class · 0.123 · id": same class (✓) or another (✗); the caption is its own tooltip.
+  const mark = () => document.querySelectorAll('#neighbour-gallery .caption-label').forEach((el) => {
+    const m = /^\\d+\\. ([\u2713\u2717])/.exec(el.textContent || '');
+    const match = m ? (m[1] === '\u2713' ? 'same' : 'other') : '';
+    if (el.dataset.match !== match) el.dataset.match = match;
+    if (el.title !== el.textContent) el.title = el.textContent;
+  });
+  let pending = false;
+  const schedule = () => { if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; mark(); }); } };
+  const start = () => new MutationObserver(schedule).observe(document.body, {childList: true, subtree: true, characterData: true});
+  if (document.body) start(); else document.addEventListener('DOMContentLoaded', start);
+})();
+</script>
+"""
+
+
 def page_head() -> str:
-    """plotly.js from the installed plotly wheel: works offline."""
-    return f'<script src="/gradio_api/file={PLOTLY_JS.as_posix()}"></script>'
+    """plotly.js from the installed plotly wheel (works offline), and the captions' script."""
+    return f'<script src="/gradio_api/file={PLOTLY_JS.as_posix()}"></script>' + CAPTION_JS
 
 
 def allowed_paths() -> list[str]:
-    """Only the app's own cache (thumbnails, uploads) and plotly.js are ever served."""
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    return [str(cache), str(PLOTLY_JS)]
+    """What Gradio may serve from disk: plotly.js and the sessions' served folders (links
+    to their thumbnails under random names, see served.py). Embedding stores, maps,
+    uploads and the thumbnail cache itself are not served."""
+    root = served_root()
+    root.mkdir(parents=True, exist_ok=True)
+    return [str(root), str(PLOTLY_JS)]
 
 
 def default_folder() -> Path:

@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 from ..paths import sample_data_dir
-from .access import DataRoots, generate_password, parse_auth
-from .app import AppConfig, allowed_paths, build_app, page_head
+from .access import MAX_UPLOAD_FILE_BYTES, DataRoots, expire_uploads, generate_password, parse_auth
+from .app import PAGE_CSS, AppConfig, allowed_paths, build_app, page_head
+from .served import expire_served
+from .session import uploads_root
 
 
 def make_app(folder: Path | None, *, share: bool = False, data_roots: list[str] | None = None, restrict_folders: bool | None = None):
@@ -19,16 +21,22 @@ def make_app(folder: Path | None, *, share: bool = False, data_roots: list[str] 
     return build_app(config)
 
 
-def launch_app(*, folder: Path | None, host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None, data_roots: list[str] | None = None, open_browser: bool = True, block: bool = True, restrict_folders: bool | None = None):
+def launch_app(*, folder: Path | None, host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None, data_roots: list[str] | None = None, open_browser: bool = True, block: bool = True, restrict_folders: bool | None = None, max_file_size: int = MAX_UPLOAD_FILE_BYTES):
     """Start the app (a login is generated in share mode when `auth` is None); returns the
-    running Blocks. `block=False` returns at once (tests, benchmarks)."""
+    running Blocks. `block=False` returns at once (tests, benchmarks). `max_file_size`:
+    Gradio refuses a bigger uploaded file (HTTP 413) while it streams in."""
     credentials = parse_auth(auth) if auth else None
     if share and credentials is None:
         credentials = ("user", generate_password())
         print(f"Share mode needs a login. user: {credentials[0]}  password: {credentials[1]}", file=sys.stderr, flush=True)
+    # Left by earlier runs: unpacked uploads and served folders older than a day.
+    expire_uploads(uploads_root())
+    expire_served()
     demo = make_app(folder, share=share, data_roots=data_roots, restrict_folders=restrict_folders)
     demo.queue(default_concurrency_limit=4)
-    kwargs = dict(server_name=host, server_port=port, auth=credentials, allowed_paths=allowed_paths(), inbrowser=open_browser, run_history=False, head=page_head(), prevent_thread_lock=not block, show_error=True)
+    # quiet: Gradio's banner would tell users to "set `share=True` in `launch()`"; the app
+    # prints its own lines below, naming its own --share option.
+    kwargs = dict(server_name=host, server_port=port, auth=credentials, allowed_paths=allowed_paths(), inbrowser=open_browser, run_history=False, head=page_head(), css=PAGE_CSS, prevent_thread_lock=True, show_error=True, quiet=True, max_file_size=max_file_size)
     try:
         demo.launch(share=share, **kwargs)
     except Exception as exc:
@@ -40,11 +48,22 @@ def launch_app(*, folder: Path | None, host: str = "127.0.0.1", port: int = 7860
         demo = make_app(folder, share=True, data_roots=data_roots, restrict_folders=restrict_folders)
         demo.queue(default_concurrency_limit=4)
         demo.launch(share=False, **kwargs)
-    if share and not getattr(demo, "share_url", None):
+    _print_addresses(demo, share)
+    if block:
+        demo.block_thread()
+    return demo
+
+
+def _print_addresses(demo, share: bool) -> None:
+    print(f"retrieval-app is running at {demo.local_url}", flush=True)
+    if getattr(demo, "share_url", None):
+        print(f"Public link (login required): {demo.share_url}", flush=True)
+    elif share:
         # Gradio reports a failed share link and goes on serving locally; say so plainly.
         print(f"No public share link could be made (offline?). The app runs locally at {demo.local_url} "
               "with the same login and folder limits.", file=sys.stderr, flush=True)
-    return demo
+    else:
+        print("For a public link with a login, start it with `retrieval-app --share`.", flush=True)
 
 
 __all__ = ["launch_app", "make_app"]

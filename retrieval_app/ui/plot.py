@@ -16,6 +16,13 @@ import numpy as np
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
            "#393b79", "#ad494a", "#8ca252", "#bd9e39", "#843c39", "#7b4173", "#5254a3", "#e7ba52", "#637939", "#d6616b")
 RANGE_PADDING = 0.06  # of the data extent, on each side
+POINT_SIZE = 8
+# The query star: black with a white outline (no class colour is black or white) and
+# much bigger than a point, so it stands out inside any cluster.
+STAR_SIZE = 28
+STAR_COLOUR = "#000000"
+STAR_OUTLINE = "#ffffff"
+RING_COLOUR = "#111111"
 
 
 def file_url(path: Path | None) -> str:
@@ -36,25 +43,27 @@ def map_figure_json(coords: np.ndarray, labels: np.ndarray, classes: Sequence[st
         traces.append({
             "type": "scattergl", "mode": "markers", "name": name,
             "x": coords[rows, 0].tolist(), "y": coords[rows, 1].tolist(),
-            "marker": {"size": 8, "color": PALETTE[label % len(PALETTE)], "opacity": 0.85},
+            "marker": {"size": POINT_SIZE, "color": PALETTE[label % len(PALETTE)], "opacity": 0.85},
             "customdata": [[int(i), file_url(thumbs[i]), ids[i], name] for i in rows],
             "hoverinfo": "none",  # the page draws its own tip: thumbnail, class, id
         })
     # Highlights stay out of the legend: a legend that grows would resize the plot area and
-    # move every point under the user's mouse.
+    # move every point under the user's mouse. They are WebGL traces like the points, drawn
+    # after them: plotly paints SVG traces *under* the WebGL canvas, where a dense cluster
+    # hid the star and the rings.
     if neighbours:
         rows = list(neighbours)
         traces.append({
-            "type": "scatter", "mode": "markers", "name": "neighbours", "hoverinfo": "skip", "showlegend": False,
+            "type": "scattergl", "mode": "markers", "name": "neighbours", "hoverinfo": "skip", "showlegend": False,
             "x": coords[rows, 0].tolist(), "y": coords[rows, 1].tolist(),
-            "marker": {"size": 16, "color": "rgba(0,0,0,0)", "line": {"width": 2.5, "color": "#111"}},
+            "marker": {"size": 16, "color": "rgba(0,0,0,0)", "line": {"width": 2.5, "color": RING_COLOUR}},
         })
     star = coords[query] if query is not None else query_point
-    if star is not None:
+    if star is not None:  # last: above everything
         traces.append({
-            "type": "scatter", "mode": "markers", "name": "query", "hoverinfo": "skip", "showlegend": False,
+            "type": "scattergl", "mode": "markers", "name": "query", "hoverinfo": "skip", "showlegend": False,
             "x": [float(star[0])], "y": [float(star[1])],
-            "marker": {"size": 22, "symbol": "star", "color": "#ffd400", "line": {"width": 1.5, "color": "#111"}},
+            "marker": {"size": STAR_SIZE, "symbol": "star", "color": STAR_COLOUR, "line": {"width": 2, "color": STAR_OUTLINE}},
         })
     layout = {
         # Title on the left: the mode bar takes the top right corner.

@@ -18,6 +18,9 @@ from ..paths import cache_dir, models_dir
 from ..retrieval import Gallery, Neighbour, Projection, compute_projection
 from ..thumbnails import ensure_thumbnails
 from ..training import TrainConfig, TrainingJob, checkpoint_distance, load_embedder
+from .access import DataRoots
+from .query_input import read_query_image, uploaded_path
+from .served import ServedFiles
 
 Progress = Callable[[float, str], None]
 
@@ -36,17 +39,21 @@ class SessionState:
     query_point: np.ndarray | None = None  # map position of a dropped query
     highlight: tuple[int | None, list[int]] = (None, [])
     last_query: int | np.ndarray | None = None  # a point index or a dropped image's embedding
+    served: ServedFiles = field(default_factory=ServedFiles)  # the thumbnails this session's page may fetch
 
     # ------------------------------------------------------------ loading
-    def load(self, folder: Path, model_spec: str, progress: Progress) -> None:
-        """Scan `folder`, embed it with `model_spec` (cached), make thumbnails; resets the map and query."""
+    def load(self, folder: Path, model_spec: str, progress: Progress, roots: DataRoots | None = None) -> None:
+        """Scan `folder`, embed it with `model_spec` (cached), make thumbnails; resets the map
+        and query. With share mode's `roots`, images resolving outside them are skipped."""
         progress(0.0, "scanning folder")
         scan = scan_folder(folder)
+        if roots is not None:
+            scan = roots.keep_inside(scan)
         progress(0.02, f"loading model {model_spec}")
         net = load_embedder(model_spec)
         gallery = Gallery.build(scan, net, distance=checkpoint_distance(model_spec), progress=lambda d, t: progress(0.05 + 0.75 * d / max(t, 1), f"embedding {d}/{t} images"))
         progress(0.8, "making thumbnails")
-        thumbs = ensure_thumbnails(gallery.records, progress=lambda d, t: progress(0.8 + 0.15 * d / max(t, 1), f"thumbnails {d}/{t}"))
+        thumbs = self.served.publish(ensure_thumbnails(gallery.records, progress=lambda d, t: progress(0.8 + 0.15 * d / max(t, 1), f"thumbnails {d}/{t}")))
         self.scan, self.gallery, self.thumbs, self.model_spec = scan, gallery, thumbs, model_spec
         self.projection, self.query_point, self.highlight, self.last_query = None, None, (None, []), None
 
@@ -83,10 +90,23 @@ class SessionState:
         self.highlight, self.query_point, self.last_query = (index, [n.index for n in neighbours]), None, index
         return neighbours
 
-    def neighbours_of_image(self, image_path: str, k: int) -> list[Neighbour]:
-        """Neighbours of an image file that is not (necessarily) in the gallery."""
-        vector = self.require_gallery().embed_images([image_path])
+    def neighbours_of_image(self, upload, k: int) -> list[Neighbour]:
+        """Neighbours of an uploaded image (the raw upload, or a path) that is not
+        (necessarily) in the gallery. Decoded by the app's decoder at the network's working
+        size; a file that cannot be used clears the previous query and raises."""
+        gallery = self.require_gallery()
+        try:
+            path, name = uploaded_path(upload)
+            image = read_query_image(path, name, _decode_max_side(gallery.net))
+            vector = gallery.embed_images([image])
+        except Exception:
+            self.clear_query()  # the old star and rings would answer a question not asked
+            raise
         return self.neighbours_of_vector(vector, k)
+
+    def clear_query(self) -> None:
+        """Forget the last query and its highlight on the map."""
+        self.highlight, self.query_point, self.last_query = (None, []), None, None
 
     def neighbours_of_vector(self, vector: np.ndarray, k: int) -> list[Neighbour]:
         """Neighbours of an embedding; the query is placed on the current map."""
@@ -121,6 +141,11 @@ class SessionState:
         return self.job
 
 
+def _decode_max_side(net) -> int | None:
+    # The network's decoding size (about twice its input): JPEGs decode DCT-downscaled to it.
+    return getattr(getattr(net, "spec", None), "decode_max_side", None)
+
+
 def _safe_name(name: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "-_" else "-" for c in name.strip())[:60].strip("-")
     if not cleaned:
@@ -128,7 +153,12 @@ def _safe_name(name: str) -> str:
     return cleaned
 
 
+def uploads_root() -> Path:
+    """Where uploads are unpacked: `uploads/<session>/<upload>/` (never served over HTTP)."""
+    return cache_dir() / "uploads"
+
+
 def uploads_dir(session_id: str) -> Path:
     """A fresh folder for one upload, inside this session's part of the app cache."""
-    return cache_dir() / "uploads" / session_id / uuid.uuid4().hex[:8]
+    return uploads_root() / session_id / uuid.uuid4().hex[:8]
 
