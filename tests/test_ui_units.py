@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -15,9 +18,13 @@ from retrieval_app.cli import main as cli_main
 from retrieval_app.errors import RetrievalAppError
 from retrieval_app.training import JobSnapshot
 from retrieval_app.ui import app as ui_app
-from retrieval_app.ui.access import DataRoots, extract_upload, generate_password, parse_auth
-from retrieval_app.ui.plot import map_figure_json
+from retrieval_app.data import scan_folder
+from retrieval_app.ui.access import MAX_UPLOAD_FILES, DataRoots, UploadLimits, expire_uploads, extract_upload, generate_password, parse_auth
+from retrieval_app.ui.plot import PALETTE, POINT_SIZE, map_figure_json
+from retrieval_app.ui.query_input import QUERY_MAX_PIXELS, read_query_image, uploaded_path
+from retrieval_app.ui.served import ServedFiles, expire_served
 from retrieval_app.ui.session import SessionState, _safe_name
+from retrieval_app.ui.text import error_text, md_escape, plural
 
 from synthetic import write_class_folder
 
@@ -96,6 +103,37 @@ def test_picker_lists_roots_and_their_datasets(roots):
     assert choices.count(str(allowed.resolve())) == 1
 
 
+def _roots_with_a_linked_class(tmp_path):
+    root = write_class_folder(tmp_path / "root", n_classes=2, per_class=3, size=16)
+    outside = write_class_folder(tmp_path / "outside", n_classes=1, per_class=4, size=16, seed=3)
+    (root / "linked").symlink_to(outside / "class_00", target_is_directory=True)
+    return root
+
+
+def test_share_mode_skips_images_that_resolve_outside_the_data_roots(tmp_path):
+    root = _roots_with_a_linked_class(tmp_path)
+    scan = scan_folder(root)
+    assert len(scan.records) == 10  # the scan itself follows the linked class folder
+    kept = DataRoots.of([root], restricted=True).keep_inside(scan)
+    assert kept.classes == ["class_00", "class_01"]
+    assert [r.id for r in kept.records] == [r.id for r in scan.records if not r.id.startswith("linked/")]
+    assert all(kept.classes[r.label] == r.class_name for r in kept.records)
+    outside = [s for s in kept.skipped if s.path.startswith("linked/")]
+    assert len(outside) == 4 and all("outside the data roots" in s.reason for s in outside)
+    assert any("linked" in w for w in kept.warnings)
+    assert DataRoots.of([root], restricted=False).keep_inside(scan) is scan  # local use: unchanged
+
+
+def test_share_mode_refuses_a_folder_whose_classes_all_lie_outside(tmp_path):
+    outside = write_class_folder(tmp_path / "outside", n_classes=2, per_class=2, size=16)
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("class_00", "class_01"):
+        (root / name).symlink_to(outside / name, target_is_directory=True)
+    with pytest.raises(RetrievalAppError, match="inside the data roots"):
+        DataRoots.of([root], restricted=True).keep_inside(scan_folder(root))
+
+
 # ------------------------------------------------------------------ uploads
 def _image_bytes(tmp_path: Path) -> bytes:
     folder = write_class_folder(tmp_path / "src", n_classes=1, per_class=1, size=16)
@@ -124,9 +162,73 @@ def test_zip_slip_members_are_refused_and_nothing_is_written_outside(tmp_path, m
     target = tmp_path / "cache" / "up"
     with pytest.raises(RetrievalAppError, match="outside"):
         extract_upload([upload], target)
+    assert not target.exists()  # nothing of a refused upload stays
     assert not (tmp_path / "cache" / "evil.jpg").exists()
     assert not (tmp_path / "evil.jpg").exists()
     assert not Path("/tmp/evil-upload-test.jpg").exists()
+
+
+def test_a_refused_zip_slip_member_after_good_ones_leaves_no_partial_extraction(tmp_path):
+    jpg = _image_bytes(tmp_path)
+    upload = _zip(tmp_path / "mixed.zip", {"set/cats/a.jpg": jpg, "set/dogs/b.jpg": jpg, "set/../../evil.jpg": jpg})
+    target = tmp_path / "cache" / "up"
+    with pytest.raises(RetrievalAppError, match="outside"):
+        extract_upload([upload], target)
+    assert not target.exists() and not (tmp_path / "evil.jpg").exists()
+
+
+def test_a_zip_with_too_many_images_is_refused_before_anything_is_written(tmp_path):
+    upload = tmp_path / "many.zip"
+    with zipfile.ZipFile(upload, "w") as archive:  # the real limit: 20,000 images
+        for i in range(MAX_UPLOAD_FILES + 1):
+            archive.writestr(f"set/c{i % 2}/{i}.png", b"x")
+    target = tmp_path / "cache" / "up"
+    with pytest.raises(RetrievalAppError, match="20,000 images"):
+        extract_upload([upload], target)
+    assert not target.exists()
+
+
+def test_a_zip_bomb_is_refused_from_its_declared_sizes(tmp_path):
+    # 80 MB of zeros compress to ~80 KB: a 1000-fold expansion no set of images has
+    upload = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(upload, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("set/a/bomb.png", bytes(80 * 1024**2))
+        archive.writestr("set/b/ok.png", b"x")
+    assert upload.stat().st_size < 1024**2
+    target = tmp_path / "cache" / "up"
+    with pytest.raises(RetrievalAppError, match="zip bomb"):
+        extract_upload([upload], target)
+    assert not target.exists()
+
+
+def test_one_member_above_the_per_image_limit_is_refused(tmp_path):
+    upload = _zip(tmp_path / "big.zip", {"set/a/big.png": bytes(3 * 1024**2), "set/b/ok.png": b"x"})
+    target = tmp_path / "cache" / "up"
+    with pytest.raises(RetrievalAppError, match="per image"):
+        extract_upload([upload], target, UploadLimits(member_bytes=2 * 1024**2))
+    assert not target.exists()
+
+
+def test_the_total_unpacked_size_is_bounded(tmp_path):
+    upload = _zip(tmp_path / "sum.zip", {f"set/c{i % 2}/{i}.png": bytes(1024**2) for i in range(4)})
+    target = tmp_path / "cache" / "up"
+    with pytest.raises(RetrievalAppError, match="unpacked"):
+        extract_upload([upload], target, UploadLimits(total_bytes=3 * 1024**2))
+    assert not target.exists()
+    assert extract_upload([upload], target, UploadLimits(total_bytes=4 * 1024**2)).is_dir()  # at the limit: fine
+
+
+def test_old_uploads_expire_and_new_ones_stay(tmp_path):
+    uploads = tmp_path / "uploads"
+    old, young = uploads / "s1" / "old", uploads / "s2" / "young"
+    for folder in (old, young):
+        (folder / "cats").mkdir(parents=True)
+        (folder / "cats" / "a.jpg").write_bytes(b"x")
+    day_and_a_bit = time.time() - 25 * 3600
+    os.utime(old, (day_and_a_bit, day_and_a_bit))
+    assert expire_uploads(uploads) == [old]
+    assert not (uploads / "s1").exists()  # its session folder was left empty
+    assert (young / "cats" / "a.jpg").is_file()
 
 
 def test_loose_images_go_into_one_class_folder(tmp_path):
@@ -188,6 +290,102 @@ def test_map_figure_places_a_dropped_query_without_neighbour_index():
     assert not any(t["name"] == "neighbours" for t in figure["data"])
 
 
+def test_the_query_star_is_drawn_last_above_the_points_in_a_colour_no_class_uses():
+    coords = np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32)
+    labels = np.arange(40) % 20
+    figure = json.loads(map_figure_json(coords, labels, [f"c{i}" for i in range(20)], [str(i) for i in range(40)], [None] * 40, query=3, neighbours=[1, 2]))
+    star, rings = figure["data"][-1], figure["data"][-2]
+    assert star["name"] == "query" and rings["name"] == "neighbours"
+    # plotly paints SVG traces under the WebGL points; in the same WebGL layer, last is on top
+    assert {t["type"] for t in figure["data"]} == {"scattergl"}
+    assert star["marker"]["color"].lower() not in {c.lower() for c in PALETTE}
+    assert star["marker"]["line"]["color"].lower() == "#ffffff"
+    assert star["marker"]["size"] >= 3 * POINT_SIZE
+
+
+# ----------------------------------------------------------- page text
+def test_markdown_escaping_keeps_paths_and_reasons_literal():
+    text = "needs root/cats/*.jpg, root/dogs/*.jpg; see [x](y) `code` #1 <b>_a_</b> $$x$$"
+    escaped = md_escape(text)
+    assert "*" not in escaped.replace("\\*", "")
+    assert "_" not in escaped.replace("\\_", "")
+    assert escaped.replace("\\", "") == text.replace("\\", "")  # only backslashes added
+
+
+@pytest.mark.parametrize("count, expected", [(0, "0 images"), (1, "1 image"), (2, "2 images"), (20000, "20,000 images")])
+def test_plurals(count, expected):
+    assert plural(count, "image") == expected
+    assert plural(1, "class", "classes") == "1 class" and plural(3, "class", "classes") == "3 classes"
+
+
+def test_errors_read_error_and_carry_no_emoji():
+    text = error_text(RetrievalAppError("folder a_b*c* is empty"))
+    assert text.startswith("**Error:**") and "❌" not in text
+    assert "a\\_b\\*c\\*" in text
+    assert error_text(ValueError("bad")) == "**Error:** ValueError\\: bad"
+
+
+# ----------------------------------------------------------- query input
+def _png(tmp_path: Path, name: str, size: tuple[int, int], mode: str = "1") -> Path:
+    from PIL import Image
+
+    path = tmp_path / name
+    Image.new(mode, size).save(path)
+    return path
+
+
+def test_a_query_above_the_pixel_cap_is_refused_from_its_header(tmp_path):
+    side = int(QUERY_MAX_PIXELS**0.5) + 100
+    path = _png(tmp_path, "huge.png", (side, side))
+    assert path.stat().st_size < 100_000  # small on disk, huge in memory
+    with pytest.raises(RetrievalAppError, match=r"huge\.png: image too large for a query"):
+        read_query_image(str(path), "huge.png", 448)
+
+
+def test_a_query_is_decoded_to_the_networks_working_size_and_named_by_its_upload_name(tmp_path):
+    path = _png(tmp_path, "grey.png", (3000, 1500), mode="L")
+    image = read_query_image(str(path), "mine.png", 448)
+    assert image.mode == "RGB" and image.size == (448, 224)
+    (tmp_path / "broken.jpg").write_text("not an image")
+    with pytest.raises(RetrievalAppError) as info:
+        read_query_image(str(tmp_path / "broken.jpg"), "broken.jpg", 448)
+    assert str(info.value).startswith("broken.jpg: not a recognised image") and str(tmp_path) not in str(info.value)
+
+
+def test_uploaded_files_arrive_as_gradio_file_data_or_paths():
+    assert uploaded_path({"path": "/tmp/gradio/abc/x.png", "orig_name": "holiday.png"}) == ("/tmp/gradio/abc/x.png", "holiday.png")
+    assert uploaded_path("/data/q.jpg") == ("/data/q.jpg", "q.jpg")
+    with pytest.raises(RetrievalAppError):
+        uploaded_path({"path": None})
+
+
+# ----------------------------------------------------------- served files
+def test_served_files_are_links_under_an_unguessable_folder_and_go_with_the_session(tmp_path):
+    thumbs = tmp_path / "thumbs"
+    thumbs.mkdir()
+    sources = [thumbs / "a.jpg", None, thumbs / "missing.jpg"]
+    sources[0].write_bytes(b"jpeg bytes")
+    served = ServedFiles(tmp_path / "served")
+    first = served.publish(sources)
+    assert first[1] is None and first[2] is None  # no thumbnail, or one that vanished
+    assert first[0].read_bytes() == b"jpeg bytes" and first[0].parent.parent == served.folder
+    assert len(served.folder.name) == 32 and served.folder.name != ServedFiles(tmp_path / "served").folder.name
+    second = served.publish(sources)
+    assert second[0] != first[0] and not first[0].exists()  # a new map, new names; the old ones go
+    served.close()
+    assert not served.folder.exists() and sources[0].exists()  # the thumbnail cache is untouched
+
+
+def test_served_folders_of_past_runs_expire(tmp_path):
+    old, young = ServedFiles(tmp_path), ServedFiles(tmp_path)
+    for files in (old, young):
+        files.publish([])
+    stale = time.time() - 25 * 3600
+    os.utime(old.folder, (stale, stale))
+    assert expire_served(tmp_path) == [old.folder]
+    assert young.folder.exists()
+
+
 # ----------------------------------------------------------- session state
 @pytest.mark.parametrize("name, expected", [("My model v2", "My-model-v2"), ("../../etc", "etc"), ("a/b\\c", "a-b-c")])
 def test_model_names_cannot_leave_the_models_folder(name, expected):
@@ -245,6 +443,22 @@ def test_a_dropped_image_is_searched_and_placed_on_the_map(loaded_session):
     assert neighbours[0].path == query and neighbours[0].distance == pytest.approx(0.0, abs=1e-4)
     assert state.query_point is not None and state.highlight[0] is None
     assert np.allclose(state.query_point, state.projection.coords[neighbours[0].index], atol=1e-3)
+
+
+def test_a_query_that_cannot_be_read_clears_the_previous_highlight(loaded_session, tmp_path):
+    state, _, folder = loaded_session
+    state.quick_projection()
+    state.neighbours_of_image(str(sorted((folder / "class_00").glob("*.jpg"))[0]), 3)
+    assert state.query_point is not None and state.highlight[1]
+    (tmp_path / "broken.jpg").write_text("hello")
+    with pytest.raises(RetrievalAppError, match="broken.jpg"):
+        state.neighbours_of_image({"path": str(tmp_path / "broken.jpg"), "orig_name": "broken.jpg"}, 3)
+    assert state.highlight == (None, []) and state.query_point is None and state.last_query is None
+
+
+def test_loaded_thumbnails_are_served_from_the_sessions_folder(loaded_session):
+    state, _, _ = loaded_session
+    assert all(p.is_relative_to(state.served.folder) for p in state.thumbs)
 
 
 def test_sessions_are_independent():
