@@ -138,10 +138,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return _atomic_write(path, lambda handle: handle.write(data))
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, *, errors: str = "strict") -> Path:
-    """UTF-8; `errors` as for `str.encode` (e.g. "backslashreplace" for text holding file
-    names that are not valid UTF-8, which Python gives as lone surrogates)."""
-    return atomic_write_bytes(path, text.encode("utf-8", errors))
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

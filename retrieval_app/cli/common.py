@@ -61,10 +61,11 @@ def build_gallery(folder: str, args: argparse.Namespace, *, quiet: bool = False)
     from ..training.checkpoint import checkpoint_distance
     from .report import report_left_out
 
+    device = select_device(args.device)  # a bad --device fails before any work
     scan = scan_folder(folder)
-    device = select_device(args.device)
     net = load_network(args, device)
-    with tqdm(total=len(scan.records), unit="img", desc="embedding", disable=quiet, leave=False) as bar:
+    # disable=None: no bar when stderr is not a terminal (a log would fill with \r updates).
+    with tqdm(total=len(scan.records), unit="img", desc="embedding", disable=True if quiet else None, leave=False) as bar:
         def progress(done: int, total: int) -> None:
             bar.n = done
             bar.refresh()

@@ -22,10 +22,11 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..paths import sample_data_dir
-    from ..ui.launch import launch_app
 
     folder = Path(args.folder).expanduser().resolve() if args.folder else sample_data_dir()
-    if not folder.is_dir():
+    if not folder.is_dir():  # checked before gradio loads: a mistyped command fails at once
         raise RetrievalAppError(f"folder {folder} does not exist")
+    from ..ui.launch import launch_app
+
     launch_app(folder=folder, host=args.host, port=args.port, share=args.share, auth=args.auth, data_roots=args.data_root, open_browser=not args.no_browser)
     return 0

@@ -193,7 +193,7 @@ class _Walker:
             if entry.name.startswith("."):
                 self._skip_hidden(entry)
                 continue
-            if entry.is_dir():
+            if _is_dir(entry):
                 folders.append((entry.name, Path(entry.path)))
             elif _is_image_name(entry.name):
                 loose.append(entry.name)
@@ -208,11 +208,11 @@ class _Walker:
                 if entry.name.startswith("."):
                     self._skip_hidden(entry)
                     continue
-                if entry.is_dir():
+                if _is_dir(entry):
                     if not entry.is_symlink() or self._link_leads_outside(entry):
                         pending.append(Path(entry.path))
                 elif _is_image_name(entry.name):
-                    if entry.is_file():
+                    if _is_file(entry):
                         yield Path(entry.path)
                     else:
                         self.skipped.append(SkippedFile(_relative(Path(entry.path), self.root), "broken link or not a regular file"))
@@ -220,7 +220,7 @@ class _Walker:
     def _skip_hidden(self, entry: os.DirEntry) -> None:
         """List a hidden image file or folder as skipped; other hidden files are not images."""
         relative = _relative(Path(entry.path), self.root)
-        if entry.is_dir():
+        if _is_dir(entry):
             self.skipped.append(SkippedFile(relative + "/", HIDDEN_FOLDER_REASON))
         elif _is_image_name(entry.name):
             self.skipped.append(SkippedFile(relative, HIDDEN_FILE_REASON))
@@ -242,6 +242,22 @@ class _Walker:
         """Follow a folder link below a class only into a tree disjoint from the root's."""
         target = Path(os.path.realpath(entry.path))
         return not (target.is_relative_to(self.root) or self.root.is_relative_to(target))
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """Like `entry.is_dir()`, but a link loop (ELOOP) or an unreadable entry is no folder."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """Like `entry.is_file()`, but a link loop (ELOOP) or an unreadable entry is no file."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _identity(folder: Path) -> tuple[int, int]:

@@ -11,7 +11,10 @@
   the projector requires a header when there is more than one column; tabs and
   newlines inside values are replaced by spaces).
 - `export_map_html`: a standalone interactive plotly map, plotly.js inlined (opens
-  offline), one trace per class, hover shows id, class and path."""
+  offline), one trace per class, hover shows id, class and path.
+
+Text formats stay valid UTF-8: a file name that is not (lone surrogates in Python) is
+written with its bytes as backslash escapes (`caf\\xe9`); `.npz` keeps the exact name."""
 
 from __future__ import annotations
 
@@ -30,9 +33,6 @@ from ..errors import RetrievalAppError
 
 FORMATS = EXPORT_FORMATS
 WEBGL_FROM = 5_000  # points; below, SVG markers (sharper, no WebGL needed)
-# File names that are not valid UTF-8 (lone surrogates in Python) are written to text
-# formats as backslash escapes of their bytes (`\xff`): the file stays valid UTF-8.
-NAME_ERRORS = "backslashreplace"
 
 
 def export_embeddings(records: Sequence[ImageRecord], embeddings: np.ndarray, out: str | Path, fmt: str, *, classes: Sequence[str] | None = None) -> list[Path]:
@@ -48,7 +48,7 @@ def export_embeddings(records: Sequence[ImageRecord], embeddings: np.ndarray, ou
         if fmt == "npz":
             return [_write_npz(records, embeddings, out, classes)]
         if fmt == "csv":
-            return [atomic_write_text(out, _csv_text(records, embeddings), errors=NAME_ERRORS)]
+            return [atomic_write_text(out, _utf8(_csv_text(records, embeddings)))]
         if fmt == "parquet":
             return [_write_parquet(records, embeddings, out)]
         return _write_projector(records, embeddings, out)
@@ -130,8 +130,10 @@ def _write_parquet(records, embeddings: np.ndarray, out: Path) -> Path:
 
 
 def _utf8(value) -> str:
-    """`value` as text that encodes to UTF-8 (see `NAME_ERRORS`)."""
-    return str(value).encode("utf-8", NAME_ERRORS).decode("utf-8")
+    """`value` as text that encodes to UTF-8: a file name that is not valid UTF-8 (lone
+    surrogates in Python) shows its bytes as backslash escapes (`\xff`), as the command
+    line prints it, rather than failing the whole export."""
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _tsv_field(value) -> str:
@@ -142,7 +144,7 @@ def _write_projector(records, embeddings: np.ndarray, out: Path) -> list[Path]:
     folder = _projector_folder(out)
     vectors = "".join("\t".join(f"{v:.9g}" for v in row) + "\n" for row in embeddings.tolist())
     metadata = "id\tclass\tpath\n" + "".join(f"{_tsv_field(r.id)}\t{_tsv_field(r.class_name)}\t{_tsv_field(r.path)}\n" for r in records)
-    return [atomic_write_text(folder / "vectors.tsv", vectors), atomic_write_text(folder / "metadata.tsv", metadata, errors=NAME_ERRORS)]
+    return [atomic_write_text(folder / "vectors.tsv", vectors), atomic_write_text(folder / "metadata.tsv", _utf8(metadata))]
 
 
 def map_figure(records: Sequence[ImageRecord], coords: np.ndarray, classes: Sequence[str], *, title: str = ""):
@@ -161,13 +163,13 @@ def map_figure(records: Sequence[ImageRecord], coords: np.ndarray, classes: Sequ
         if not len(rows):
             continue
         figure.add_trace(scatter(
-            x=coords[rows, 0], y=coords[rows, 1], mode="markers", name=name, marker={"size": 7, "opacity": 0.85},
-            customdata=[[records[i].id, name, str(records[i].path)] for i in rows],
+            x=coords[rows, 0], y=coords[rows, 1], mode="markers", name=_utf8(name), marker={"size": 7, "opacity": 0.85},
+            customdata=[[_utf8(records[i].id), _utf8(name), _utf8(records[i].path)] for i in rows],
             # Values come through customdata, not the template, so no name can inject markup.
             hovertemplate="<b>%{customdata[0]}</b><br>class: %{customdata[1]}<br>%{customdata[2]}<extra></extra>",
         ))
     figure.update_layout(
-        title=title, legend_title_text="class", template="plotly_white", hovermode="closest",
+        title=_utf8(title), legend_title_text="class", template="plotly_white", hovermode="closest",
         xaxis={"showticklabels": False, "title": None}, yaxis={"showticklabels": False, "title": None, "scaleanchor": "x"},
     )
     return figure
@@ -178,4 +180,4 @@ def export_map_html(records: Sequence[ImageRecord], coords: np.ndarray, classes:
     out = check_output_path(out, "html")
     html = map_figure(records, coords, classes, title=title).to_html(include_plotlyjs=True, full_html=True)
     with _user_errors(out):
-        return atomic_write_text(out, html, errors=NAME_ERRORS)
+        return atomic_write_text(out, html)
