@@ -326,6 +326,16 @@ def model_lists(current_model: str | None = None):
     return models_table(), gr.update(choices=_checkpoint_choices()), model
 
 
+def open_page(config: AppConfig, current_model: str | None):
+    """A page opens (after the login in share mode): the folder to start with, the data
+    roots to pick from and the model lists. They are filled here, per session, and not
+    when the page is built: Gradio 6 writes the built page's API description, with every
+    default value and choice, into the login page too, where it would show share mode's
+    visitors server paths before they log in."""
+    table, checkpoints, models = model_lists(current_model)
+    return str(config.folder or ""), gr.update(choices=config.data_roots.choices()), table, checkpoints, models
+
+
 def ask_to_delete(config: AppConfig, path: str | None):
     """The Delete button: nothing is deleted yet, the page asks first."""
     if config.data_roots.restricted:
@@ -396,9 +406,10 @@ def build_app(config: AppConfig) -> gr.Blocks:
         state = gr.State(None, delete_callback=end_session)
         gr.Markdown(INTRO)
         with gr.Row(equal_height=True):
-            folder = gr.Textbox(label="Image folder (one sub-folder per class)", value=str(config.folder or ""), elem_id="folder-path", scale=5)
-            picker = gr.Dropdown(label="…or pick one", choices=config.data_roots.choices(), value=None, scale=3)
-            model = gr.Dropdown(label="Model (backbone or trained checkpoint)", choices=_model_choices(), value=DEFAULT_BACKBONE, allow_custom_value=False, scale=3)
+            # Paths and checkpoints are filled when a page opens (`open_page`), never built in.
+            folder = gr.Textbox(label="Image folder (one sub-folder per class)", value="", elem_id="folder-path", scale=5)
+            picker = gr.Dropdown(label="…or pick one", choices=[], value=None, scale=3)
+            model = gr.Dropdown(label="Model (backbone or trained checkpoint)", choices=list_models(), value=DEFAULT_BACKBONE, allow_custom_value=False, scale=3)
             with gr.Column(scale=1, min_width=150):
                 load = gr.Button("Load folder", variant="primary", elem_id="load-folder")
                 upload = gr.UploadButton("…or upload a zip", file_count="multiple", file_types=[".zip", "image"], elem_id="upload-folder", size="sm")
@@ -436,7 +447,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
         with gr.Accordion("5 · Models", open=False):
             models = gr.Dataframe(headers=["name", "MAP@R", "P@1", "backbone", "mining", "path"], label="Models", interactive=False)  # filled when the page opens
             with gr.Row():
-                chosen = gr.Dropdown(label="Checkpoint", choices=_checkpoint_choices(), allow_custom_value=False)
+                chosen = gr.Dropdown(label="Checkpoint", choices=[], allow_custom_value=False)
                 use = gr.Button("Use for search")
                 remove = gr.Button("Delete", variant="stop", elem_id="model-delete")
                 refresh = gr.Button("Refresh")
@@ -470,9 +481,9 @@ def build_app(config: AppConfig) -> gr.Blocks:
         confirm_no.click(hide_confirmation, None, confirm_row, **private)
         chosen.change(hide_confirmation, None, confirm_row, **private)  # a confirmation is for one model
         refresh.click(model_lists, model, lists, api_name="list_models")
-        demo.load(model_lists, model, lists, **private)  # models trained since the server started
+        opened = demo.load(partial(open_page, config), model, [folder, picker, *lists], **private)
         if config.folder is not None:
-            demo.load(partial(load_folder, config), load_inputs, [state, load_status, plot], **private)
+            opened.then(partial(load_folder, config), load_inputs, [state, load_status, plot], **private)
     return demo
 
 
