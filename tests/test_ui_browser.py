@@ -124,7 +124,7 @@ def test_training_to_completion_shows_before_after(page, server):
     assert "MAP@R" in table and "kept" in table and "✓" in table
 
 
-def test_files_outside_the_allowed_folders_are_refused(server, env, core_gallery):
+def test_files_outside_the_allowed_folders_are_refused(page, server, env, core_gallery):
     def status(path) -> int:
         try:
             return urllib.request.urlopen(f"{server}/gradio_api/file={path}").status
@@ -136,7 +136,11 @@ def test_files_outside_the_allowed_folders_are_refused(server, env, core_gallery
     assert status(env["folder"] / "pizza" / "image_0001.jpg") == 403  # originals are never served
     assert status(env["base"] / "models") == 403
     thumbs = sorted((env["base"] / "cache" / "thumbs").rglob("*.jpg"))
-    assert thumbs and status(thumbs[0]) == 200  # thumbnails from the app's cache are
+    assert thumbs and status(thumbs[0]) == 403  # nor the thumbnail cache itself,
+    assert status(next((env["base"] / "cache" / "embeddings").rglob("store.npz"))) == 403  # nor embeddings
+    open_app(page, server)  # only the page's own links to its thumbnails
+    hover = page.evaluate("() => document.querySelector('#embedding-plot .rmap-plot').data[0].customdata[0][1]")
+    assert "/served/" in hover and status(hover.split("file=", 1)[1]) == 200
 
 
 def test_login_when_auth_is_on(browser, env):

@@ -198,7 +198,7 @@ def redraw(state: SessionState | None):
 def start_training(state: SessionState | None, backbone, mode, distance, margin, mining, epochs, budget, name):
     """Start a `TrainingJob` on the loaded folder and switch the progress timer on."""
     if state is None or state.gallery is None:
-        return state, "❌ load a folder first", gr.Timer(active=False)
+        return state, "**Error:** load a folder first", gr.Timer(active=False)
     try:
         state.start_training(
             backbone=backbone, mode=mode, distance=distance, margin=float(margin), mining=mining,
@@ -206,7 +206,7 @@ def start_training(state: SessionState | None, backbone, mode, distance, margin,
         )
     except Exception as exc:
         return state, _error(exc), gr.Timer(active=False)
-    return state, "⏳ training started…", gr.Timer(active=True)
+    return state, "Training started…", gr.Timer(active=True)
 
 
 def cancel_training(state: SessionState | None):
@@ -214,12 +214,12 @@ def cancel_training(state: SessionState | None):
     if state is None or state.job is None or not state.job.running:
         return "Nothing is training."
     state.job.cancel()
-    return "⏹ cancelling…"
+    return "Cancelling…"
 
 
 def _status_text(snap) -> str:
     if snap.state == "failed":
-        return f"❌ training failed: {snap.error}"
+        return f"**Error:** training failed: {md_escape(snap.error)}"
     epochs = f"/{snap.epochs}" if snap.epochs else ""
     parts = [f"**{snap.state}**" + (f" · {snap.phase}" if snap.phase and snap.phase != snap.state else ""), f"epoch {snap.epoch}{epochs}", f"{100 * snap.fraction:.0f} %"]
     if snap.loss_history:

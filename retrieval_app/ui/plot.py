@@ -147,7 +147,10 @@ const showTip = (gd, tip, e) => {
 };
 const draw = () => {
   const gd = element.querySelector('.rmap-plot');
-  if (!gd || typeof Plotly === 'undefined') return;
+  if (!gd) return;
+  // plotly.js (3.5 MB, in the page head) may still be loading when the first map arrives,
+  // e.g. from the cache on a busy machine: draw as soon as it is there.
+  if (typeof Plotly === 'undefined') { setTimeout(draw, 100); return; }
   let fig = null;
   try { fig = props.value ? JSON.parse(props.value) : null; } catch (e) { fig = null; }
   if (!fig || !fig.data || !fig.data.length) {
