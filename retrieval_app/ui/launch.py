@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
+
+from PIL import Image
 
 from ..paths import sample_data_dir
 from .access import MAX_UPLOAD_FILE_BYTES, DataRoots, expire_uploads, generate_password, parse_auth
@@ -29,6 +32,9 @@ def launch_app(*, folder: Path | None, host: str = "127.0.0.1", port: int = 7860
     if share and credentials is None:
         credentials = ("user", generate_password())
         print(f"Share mode needs a login. user: {credentials[0]}  password: {credentials[1]}", file=sys.stderr, flush=True)
+    # Pillow's DecompressionBombWarning names no file and would go raw to the console for
+    # every big image: the scan lists big images itself, and queries above 40 MP are refused.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     # Left by earlier runs: unpacked uploads and served folders older than a day.
     expire_uploads(uploads_root())
     expire_served()
