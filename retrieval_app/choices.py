@@ -13,7 +13,9 @@ from __future__ import annotations
 # networks/registry.py registers a backbone under each of these names.
 BACKBONES = ("efficientnet_lite0", "resnet18", "resnet50", "small_cnn")
 DEFAULT_BACKBONE = "efficientnet_lite0"
-HEADS = ("linear", "mlp")
+# networks/heads.py builds each; "identity" (full dimension, starts as the backbone) is the default.
+HEADS = ("identity", "linear", "mlp")
+DEFAULT_HEAD = "identity"
 
 # losses/
 DISTANCES = ("euclidean", "squared_euclidean", "cosine", "linf")

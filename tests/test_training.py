@@ -6,10 +6,18 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from retrieval_app.data import scan_folder
 from retrieval_app.errors import CheckpointError, RetrievalAppError
+from retrieval_app.metrics import retrieval_metrics
+from retrieval_app.networks import create_model
+from retrieval_app.retrieval.cache import cached_embeddings
+from retrieval_app.training.checkpoint import set_checkpoint_blend
+from retrieval_app.training.dial import DialPoint, recommend
+from retrieval_app.training.folds import class_folds
 from retrieval_app.training import (
     TrainConfig,
     Trainer,
@@ -32,72 +40,173 @@ def shapes_folder(tmp_path_factory) -> Path:
     return write_class_folder(tmp_path_factory.mktemp("shapes") / "data", n_classes=6, per_class=10, size=64)
 
 
+@pytest.fixture(scope="module")
+def fashion_folder(tmp_path_factory) -> Path:
+    if not FASHION.is_file():
+        pytest.skip("needs ../shared/datasets/fashion_mnist.npz")
+    return write_fashion_mnist_folder(tmp_path_factory.mktemp("fashion") / "data", FASHION, per_class=24)
+
+
+@pytest.fixture(scope="module")
+def module_cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def shared_cache(isolated_dirs, module_cache_dir, monkeypatch):
+    """One embedding cache for the module: each folder's backbone features are computed
+    once, not once per test (checkpoints still go to each test's own folder)."""
+    monkeypatch.setenv("RETRIEVAL_APP_CACHE_DIR", str(module_cache_dir))
+
+
 def quick_config(folder: Path, out: Path, **overrides) -> TrainConfig:
-    settings = dict(folder=str(folder), out_dir=str(out), mode="quick", dim=32, epochs=3, batch_size=16, num_workers=0)
+    settings = dict(folder=str(folder), out_dir=str(out), mode="quick", epochs=3, batch_size=16, num_workers=0)
     settings.update(overrides)
     return TrainConfig(**settings)
 
 
-def test_quick_training_writes_a_loadable_best_checkpoint(shapes_folder, tmp_path):
-    events = []
-    result = Trainer(quick_config(shapes_folder, tmp_path / "m"), on_event=events.append).run()
+def backbone_map_at_r(features: torch.Tensor, labels: torch.Tensor) -> float:
+    return retrieval_metrics(torch.nn.functional.normalize(features, dim=1), labels)["map_at_r"]
 
-    for name in ("model.pt", "last.pt", "history.json", "summary.json"):
+
+def test_quick_training_keeps_a_head_only_checkpoint_that_beats_the_backbone(fashion_folder, tmp_path, shared_cache):
+    events = []
+    result = Trainer(quick_config(fashion_folder, tmp_path / "m", epochs=30, batch_size=32), on_event=events.append).run()
+
+    assert result.kept == "trained", result.summary
+    for name in ("model.pt", "history.json", "summary.json"):
         assert (tmp_path / "m" / name).is_file(), name
     payload = load_checkpoint(tmp_path / "m")  # weights_only=True inside
-    assert payload["classes"] == [f"class_{c:02d}" for c in range(6)]
-    assert payload["train"]["mining"] == "batch_all"
+    assert payload["classes"] == sorted(p.name for p in fashion_folder.iterdir())
+    # head only: the frozen backbone is rebuilt from its pretrained weights and checked
+    assert "backbone" in payload and len(payload["backbone"]["fingerprint"]) == 24
+    assert all(key.startswith("head.") for key in payload["state_dict"])
+    assert (tmp_path / "m" / "model.pt").stat().st_size < 2_000_000
     net = load_embedder(tmp_path / "m")
     out = net(torch.rand(3, 3, 224, 224))
-    assert out.shape == (3, 32)
+    assert out.shape == (3, 1280)  # the identity head keeps the backbone's dimension
     assert torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-4)
+    assert net.blend == pytest.approx(result.dial.chosen.blend)
 
+    # the estimates: better on the user's classes, not worse on new ones, than the backbone
+    dial = result.dial
+    assert dial.n_folds == 3 and dial.recommended is not None and dial.chosen == dial.recommended
+    assert result.after["val_seen_map_at_r"] > result.before["val_seen_map_at_r"]
+    assert dial.chosen.unseen_worst_gain >= 0
+    assert result.before["val_seen_map_at_r"] == dial.baseline_seen
     kinds = {e.kind for e in events}
     assert {"phase", "step", "epoch", "done"} <= kinds
     steps = [e for e in events if e.kind == "step"]
     assert all(e.loss is not None and 0 <= e.active_fraction <= 1 for e in steps)
     assert steps[-1].images_per_s > 0
-    # epoch 0 is the starting model; one validation row per epoch after it
-    assert [row["epoch"] for row in result.history] == [0, 1, 2, 3]
-    assert json.loads((tmp_path / "m" / "history.json").read_text())[-1]["epoch"] == 3
-    # the kept model is never worse on validation than the start
-    assert result.after["score"] >= result.before["score"]
-    assert payload["epoch"] == result.best_epoch
-    assert set(result.before) >= {"precision_at_1", "map_at_r", "val_seen_map_at_r"}
+    assert json.loads((tmp_path / "m" / "summary.json").read_text())["dial"]["recommended"]["step"] == dial.recommended.step
 
 
-def test_worse_fine_tuning_keeps_the_starting_model(shapes_folder, tmp_path):
-    # An absurd learning rate wrecks the head; the product must say so and keep the start.
-    config = quick_config(shapes_folder, tmp_path / "wrecked", lr=50.0, epochs=2, patience=None)
+def test_the_guard_measures_the_bare_backbone_not_the_heads_start(fashion_folder, tmp_path, shared_cache):
+    """A linear head to 2 dimensions starts as a PCA projection far from the backbone.
+    The baseline the guard holds new classes to must be the bare backbone's own
+    features, fold by fold, not that start."""
+    config = quick_config(fashion_folder, tmp_path / "pca", head="linear", dim=2, epochs=5)
     result = Trainer(config).run()
-    assert result.kept == "start"
-    assert result.best_epoch == 0
-    assert "starting model was kept" in result.summary
-    assert load_checkpoint(tmp_path / "wrecked")["epoch"] == 0
+    dial = result.dial
+
+    records = scan_folder(fashion_folder).records
+    net = create_model("efficientnet_lite0", head=None)
+    features = torch.from_numpy(cached_embeddings(net, records, output="features").embeddings)
+    row_of = {r.id: i for i, r in enumerate(records)}
+    folds = class_folds(records, config.folds, val_fraction=config.val_fraction, seed=config.seed)
+    per_fold = []
+    for fold in folds:
+        rows = torch.as_tensor([row_of[r.id] for r in fold.val_unseen])
+        per_fold.append(backbone_map_at_r(features[rows], torch.as_tensor([r.label for r in fold.val_unseen])))
+    assert dial.baseline_unseen == pytest.approx(float(np.mean(per_fold)), abs=1e-6)
+    start = next(p for p in dial.points if p.step == 0 and p.blend == 1.0)
+    assert abs(start.unseen - dial.baseline_unseen) > 0.02  # the PCA-2 start really is another model
+    if dial.recommended is not None:
+        assert dial.recommended.unseen_worst_gain >= 0
+        assert dial.recommended.unseen >= dial.baseline_unseen
+
+
+def test_recommend_never_picks_a_point_that_loses_to_the_backbone_on_new_classes():
+    points = [
+        DialPoint(step=100, blend=1.0, seen=0.90, unseen=0.68, unseen_worst_gain=-0.02),  # beats a weak start, not the backbone
+        DialPoint(step=100, blend=0.5, seen=0.80, unseen=0.71, unseen_worst_gain=0.01),
+        DialPoint(step=200, blend=0.5, seen=0.85, unseen=0.72, unseen_worst_gain=-0.001),  # mean fine, one fold worse
+    ]
+    assert recommend(points, baseline_seen=0.7, baseline_unseen=0.70) == points[1]
+    assert recommend(points[:1], baseline_seen=0.7, baseline_unseen=0.70) is None
+    # no gain on the user's classes: keep the backbone
+    assert recommend([DialPoint(50, 1.0, 0.69, 0.75, unseen_worst_gain=0.05)], 0.7, 0.7) is None
+
+
+def test_refit_trains_on_every_image_for_the_chosen_length(fashion_folder, tmp_path, shared_cache, monkeypatch):
+    import retrieval_app.training.quick as quick
+
+    runs = []
+
+    class RecordingLoop(quick.HeadLoop):
+        def __init__(self, net, features, labels, *args, **kwargs):
+            super().__init__(net, features, labels, *args, **kwargs)
+            runs.append({"images": len(labels), "classes": len(set(labels.tolist())), "loop": self})
+
+    monkeypatch.setattr(quick, "HeadLoop", RecordingLoop)
+    result = Trainer(quick_config(fashion_folder, tmp_path / "refit", epochs=20, batch_size=32, blend=0.5)).run()
+    n_images = len(scan_folder(fashion_folder).records)
+    *folds, refit = runs
+    assert len(folds) == 3
+    assert all(run["images"] < n_images and run["classes"] < 10 for run in folds)  # each fold holds classes out
+    assert refit["images"] == n_images and refit["classes"] == 10  # the refit holds nothing back
+    assert refit["loop"].steps == result.dial.refit_step() == load_checkpoint(tmp_path / "refit")["epoch"]
+    assert load_embedder(tmp_path / "refit").blend == pytest.approx(0.5)  # the user's fixed point on the dial
+
+
+def test_when_fine_tuning_only_hurts_nothing_is_saved(shapes_folder, tmp_path, shared_cache):
+    # An absurd learning rate wrecks the head in every fold: the backbone stays the answer.
+    result = Trainer(quick_config(shapes_folder, tmp_path / "wrecked", lr=50.0, mining="batch_hard")).run()
+    assert result.kept == "start" and result.model_path is None
+    assert not (tmp_path / "wrecked" / "model.pt").exists()
+    assert "Kept the backbone" in result.summary
+    assert list_checkpoints(tmp_path) == []
+
+
+def test_moving_the_dial_rewrites_the_saved_blend(fashion_folder, tmp_path, shared_cache):
+    Trainer(quick_config(fashion_folder, tmp_path / "d", epochs=10, batch_size=32, blend=1.0)).run()
+    images = torch.rand(2, 3, 224, 224)
+    trained = load_embedder(tmp_path / "d")(images)
+    payload = set_checkpoint_blend(tmp_path / "d", 0.0)
+    assert payload["metrics"]["blend"] == 0.0
+    backbone = load_embedder("efficientnet_lite0")(images)
+    assert torch.allclose(load_embedder(tmp_path / "d")(images), backbone, atol=1e-5)  # blend 0 = the bare backbone
+    assert not torch.allclose(trained, backbone, atol=1e-3)
 
 
 @pytest.mark.parametrize("mining", ["batch_hard", "semi_hard", "random"])
-def test_every_mining_strategy_trains(shapes_folder, tmp_path, mining):
-    result = Trainer(quick_config(shapes_folder, tmp_path / mining, mining=mining, epochs=1, distance="cosine")).run()
-    assert result.history[-1]["epoch"] == 1
-    assert result.history[-1]["loss"] >= 0
+def test_every_mining_strategy_trains(shapes_folder, tmp_path, shared_cache, mining):
+    result = Trainer(quick_config(shapes_folder, tmp_path / mining, mining=mining, epochs=1, distance="cosine", blend=1.0)).run()
+    assert result.kept == "trained"
+    losses = [row for row in result.history if row.get("phase") == "select"]
+    assert losses and result.dial.points
 
 
 def test_resume_continues_from_last_epoch(shapes_folder, tmp_path):
-    Trainer(quick_config(shapes_folder, tmp_path / "r", epochs=2, patience=None)).run()
-    result = Trainer(quick_config(shapes_folder, tmp_path / "r", epochs=4, patience=None, resume=True)).run()
+    settings = dict(backbone="small_cnn", mode="full", dim=8, batch_size=12, patience=None)
+    Trainer(quick_config(shapes_folder, tmp_path / "r", epochs=2, **settings)).run()
+    result = Trainer(quick_config(shapes_folder, tmp_path / "r", epochs=4, resume=True, **settings)).run()
     assert [row["epoch"] for row in result.history] == [0, 1, 2, 3, 4]
 
 
-def test_time_budget_alone_decides_when_to_stop(shapes_folder, tmp_path):
+def test_time_budget_covers_the_folds_and_the_refit(shapes_folder, tmp_path, shared_cache):
+    Trainer(quick_config(shapes_folder, tmp_path / "warm", epochs=1)).run()  # features cached
+    events = []
     started = time.monotonic()
-    result = Trainer(quick_config(shapes_folder, tmp_path / "b", epochs=None, time_budget=3.0)).run()
+    result = Trainer(quick_config(shapes_folder, tmp_path / "b", epochs=None, time_budget=4.0), on_event=events.append).run()
     assert result.stopped_because == "time budget reached"
-    assert result.epochs_run >= 1
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 4.0 + 15  # set-up and feature loading on top
+    training = [e for e in events if e.kind == "step"]
+    assert training[-1].fraction <= 1.0 and training[-1].step >= 50
 
 
-def test_job_cancel_takes_effect_quickly(shapes_folder, tmp_path):
+def test_job_cancel_takes_effect_quickly_and_saves_nothing(shapes_folder, tmp_path, shared_cache):
     job = TrainingJob(quick_config(shapes_folder, tmp_path / "c", epochs=None, time_budget=120.0)).start()
     deadline = time.monotonic() + 60
     while job.snapshot().step < 3 and time.monotonic() < deadline:
@@ -108,10 +217,10 @@ def test_job_cancel_takes_effect_quickly(shapes_folder, tmp_path):
     job.cancel()
     snap = job.wait(timeout=10)
     assert snap.state == "cancelled"
-    assert snap.finished_at - job.snapshot().started_at > 0
     assert time.monotonic() - cancelled_at < 3.0
-    assert snap.loss_history and snap.val_history  # progress was observable
-    assert (tmp_path / "c" / "model.pt").is_file()  # the best so far is kept
+    assert snap.loss_history  # progress was observable
+    assert "nothing was saved" in snap.message
+    assert not (tmp_path / "c" / "model.pt").exists()
 
 
 def test_job_reports_worker_errors(tmp_path):
@@ -141,9 +250,9 @@ def test_small_cnn_from_scratch_learns_fashion_mnist(tmp_path):
     assert min(row["loss"] for row in result.history[1:]) <= first_loss
 
 
-def test_checkpoint_listing_and_guarded_delete(shapes_folder, tmp_path):
+def test_checkpoint_listing_and_guarded_delete(shapes_folder, tmp_path, shared_cache):
     models = tmp_path / "models"
-    Trainer(quick_config(shapes_folder, models / "one", epochs=1)).run()
+    Trainer(quick_config(shapes_folder, models / "one", epochs=1, blend=1.0)).run()
     infos = list_checkpoints(models)
     assert [info.name for info in infos] == ["one"]
     assert infos[0].metrics["map_at_r"] is not None

@@ -17,16 +17,18 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default=None, help="checkpoint folder (default: models/<folder name>)")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=BACKBONES)
     parser.add_argument("--mode", default="auto", choices=TRAIN_MODES, help="quick: frozen backbone, head only (seconds on a CPU); full: end to end; auto: quick for pretrained backbones")
-    parser.add_argument("--dim", type=int, default=128, help="embedding dimension (default 128)")
-    parser.add_argument("--head", default="linear", choices=HEADS)
+    parser.add_argument("--dim", type=int, default=128, help="embedding dimension of the linear and mlp heads (default 128; the identity head keeps the backbone's)")
+    parser.add_argument("--head", default=None, choices=HEADS, help="identity: full-dimension map starting as the backbone (default for pretrained backbones); linear: PCA-started map to --dim (default from scratch); mlp")
     add_weights_argument(parser)
     parser.add_argument("--distance", default="euclidean", choices=DISTANCES)
     parser.add_argument("--margin", type=float, default=0.2)
     parser.add_argument("--mining", default="batch_all", choices=MINING_STRATEGIES)
     parser.add_argument("--reduction", default="mean", choices=REDUCTIONS)
-    parser.add_argument("--epochs", type=int, default=None, help="default: 30 (quick) / 10 (full), or unbounded with --time-budget alone")
-    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop after this long; the best model so far is kept")
-    parser.add_argument("--patience", type=int, default=8, help="stop after this many epochs without a better validation score")
+    parser.add_argument("--epochs", type=int, default=None, help="passes over the training images; default: 100 per run (quick) / 10 (full), or set by --time-budget alone")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="quick: the whole selection and refit fit in it; full: stop after this long, keeping the best epoch")
+    parser.add_argument("--patience", type=int, default=8, help="full mode: stop after this many epochs without a better validation score")
+    parser.add_argument("--folds", type=int, default=3, help="quick mode: class folds that estimate new-class retrieval and choose length and blend (default 3)")
+    parser.add_argument("--blend", type=_blend, default=None, metavar="auto|W", help="quick mode: where on the specialise-generalise dial to keep the model: auto (the recommended point, default) or W in [0, 1] (0 = the backbone, 1 = the fully trained head)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--samples-per-class", type=int, default=4, help="K in the P×K batch sampler")
     parser.add_argument("--lr", type=float, default=None)
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         weights=args.weights, distance=args.distance, margin=args.margin, mining=args.mining,
         reduction=args.reduction, epochs=args.epochs, time_budget=args.time_budget, patience=args.patience,
         batch_size=args.batch_size, samples_per_class=args.samples_per_class, lr=args.lr, seed=args.seed,
-        device=args.device, num_workers=args.workers, resume=args.resume,
+        device=args.device, num_workers=args.workers, resume=args.resume, folds=args.folds, blend=args.blend,
     ).validate()  # bad values fail before the folder is scanned
     # The trainer scans the folder again; scanning here first lists what it will leave out.
     report_left_out(scan_folder(args.folder))
@@ -63,5 +65,39 @@ def run(args: argparse.Namespace) -> int:
             cancel.set()
             raise
     print(printable(result.summary))
-    print(f"model: {printable(result.model_path)}")
+    if result.dial is not None:
+        print(dial_table(result.dial))
+    print(f"model: {printable(result.model_path) if result.model_path else 'none saved (the backbone stays the better choice)'}")
     return 0
+
+
+def _blend(text: str) -> float | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"blend must be in [0, 1], got {value}")
+    return value
+
+
+def dial_table(dial) -> str:
+    """The dial as text: MAP@R estimates on the user's classes and on new classes, per
+    blend at the refit length, the baseline first; the kept point is marked."""
+    step = dial.refit_step()
+    lines = [f"dial at {step} steps (MAP@R estimated over {dial.n_folds or 'no'} class folds)", "   blend   your classes   new classes"]
+    lines.append(f"  backbone      {_fmt(dial.baseline_seen)}         {_fmt(dial.baseline_unseen)}")
+    chosen = dial.chosen
+    for point in dial.curve_over_blend(step):
+        if point.blend == 0.0:
+            continue
+        mark = "  <- kept" if chosen is not None and point.blend == chosen.blend and point.step == chosen.step else ""
+        mark = mark or ("  (recommended)" if dial.recommended is not None and point == dial.recommended else "")
+        lines.append(f"    {point.blend:4.2f}      {_fmt(point.seen)}         {_fmt(point.unseen)}{mark}")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return "  -  " if value is None else f"{value:.3f}"

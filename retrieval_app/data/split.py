@@ -72,7 +72,7 @@ def split_records(records: Sequence[ImageRecord], *, val_fraction: float = 0.2, 
         if name in unseen:
             val_unseen.extend(members)
             continue
-        ranked = sorted(members, key=lambda r: (_rank(seed, "image", r.id), r.id))
+        ranked = sorted(members, key=lambda r: (rank_key(seed, "image", r.id), r.id))
         n_val = _n_validation(len(members), val_fraction)
         val_seen.extend(ranked[:n_val])
         train.extend(ranked[n_val:])
@@ -90,7 +90,7 @@ def _held_out_classes(by_class: dict[str, list[ImageRecord]], fraction: float, s
     if fraction <= 0 or len(eligible) < MIN_CLASSES_FOR_UNSEEN:
         return set()
     n = min(max(1, round(fraction * len(eligible))), len(eligible) - MIN_TRAIN_CLASSES)
-    ranked = sorted(eligible, key=lambda name: (_rank(seed, "class", name), name))
+    ranked = sorted(eligible, key=lambda name: (rank_key(seed, "class", name), name))
     return set(ranked[:n])
 
 
@@ -100,7 +100,7 @@ def _n_validation(n: int, fraction: float) -> int:
     return max(0, min(round(fraction * n), n - MIN_TRAIN_IMAGES))
 
 
-def _rank(seed: int, kind: str, key: str) -> bytes:
+def rank_key(seed: int, kind: str, key: str) -> bytes:
     """A pseudo-random, process-independent sort key (Python's `hash` is salted per process)."""
     # surrogateescape: a file name that is not valid UTF-8 hashes by its original bytes.
     return hashlib.blake2b(f"{seed}\0{kind}\0{key}".encode("utf-8", "surrogateescape"), digest_size=8).digest()

@@ -19,6 +19,7 @@ The choice of triplets never needs gradients, so it works on a detached copy of 
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import torch
@@ -79,7 +80,22 @@ def _as_triplets(mask: torch.Tensor) -> MinedTriplets:
 def mine_batch_all(distances: torch.Tensor, labels: torch.Tensor, margin: float = 0.0) -> MinedTriplets:
     """Every valid triplet of the batch (`distances` and `margin` are not needed; they are
     accepted so all miners share one signature)."""
-    return _as_triplets(valid_triplet_mask(labels))
+    return _valid_triplets_of_pattern(_label_pattern(labels), labels.device)
+
+
+def _label_pattern(labels: torch.Tensor) -> tuple[int, ...]:
+    """The batch's labels renumbered by first appearance: which items share a label,
+    without which labels they are. P×K batches (K of each of P classes, in blocks) all
+    have the same pattern, so their valid triplets need to be found only once."""
+    codes: dict[int, int] = {}
+    return tuple(codes.setdefault(label, len(codes)) for label in labels.tolist())
+
+
+@functools.lru_cache(maxsize=16)
+def _valid_triplets_of_pattern(pattern: tuple[int, ...], device: torch.device) -> MinedTriplets:
+    # Building the (N, N, N) mask and its nonzero() cost more than the rest of a head's
+    # training step; cached per pattern they are free. The tensors are never modified.
+    return _as_triplets(valid_triplet_mask(torch.tensor(pattern, device=device)))
 
 
 def mine_batch_hard(distances: torch.Tensor, labels: torch.Tensor, margin: float = 0.0) -> MinedTriplets:

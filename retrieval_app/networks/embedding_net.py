@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import ModelError
 from . import transforms
+from .heads import get_blend, set_blend
 
 
 @dataclass(frozen=True)
@@ -103,70 +104,29 @@ class EmbeddingNet(nn.Module):
             "spec": self.spec.as_dict(),
         }
 
+    @property
+    def blend(self) -> float:
+        """Where a blendable head sits between its start (0) and its trained weights (1)."""
+        return get_blend(self.head)
+
+    def set_blend(self, blend: float) -> "EmbeddingNet":
+        set_blend(self.head, blend)
+        return self
+
     def extra_repr(self) -> str:
         return f"name={self.spec.name!r}, head={self.head_kind!r}, dim={self.dim}, normalize={self.normalize}"
 
 
-def make_head(kind: str | None, feature_dim: int, dim: int) -> nn.Module | None:
-    """`"linear"`: one Linear; `"mlp"`: Linear → BatchNorm → ReLU → Linear; `None` (or
-    `"none"`): no head, the embedding is the pooled features."""
-    if kind is None or kind == "none":
-        return None
-    if kind == "linear":
-        return nn.Linear(feature_dim, dim)
-    if kind == "mlp":
-        hidden = max(dim, min(feature_dim, 512))
-        return nn.Sequential(
-            nn.Linear(feature_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim)
-        )
-    raise ModelError(f"unknown head '{kind}' (choose from linear, mlp, none)")
-
-
-@torch.no_grad()
 def init_linear_head_from_features(net: EmbeddingNet, features: torch.Tensor) -> None:
-    """Start the linear head as the PCA projection of `features` (N, feature_dim): its
-    rows are the top principal directions (orthonormal), its bias −W·mean. The untrained
-    model then keeps the pretrained geometry: exactly, up to centring, when dim ==
-    feature_dim (an orthogonal map). Why: on held-out photo sets a randomly started MLP
-    head trained with triplet loss lost 0.1–0.35 MAP@R on unseen classes, while a linear
-    map started at the pretrained geometry kept the gain and held unseen classes."""
-    head = net.head
-    if not isinstance(head, nn.Linear):
+    """Start `net`'s linear head as the PCA projection of `features` (see
+    `heads.init_from_features`). Why: on held-out photo sets a randomly started MLP head
+    trained with triplet loss lost 0.1–0.35 MAP@R on unseen classes, while linear maps
+    started at the pretrained geometry kept the gain and held unseen classes."""
+    from .heads import BlendableLinear, init_from_features
+
+    if not isinstance(net.head, BlendableLinear) or net.head_kind != "linear":
         raise ModelError(f"PCA initialisation needs a linear head (this model has head={net.head_kind!r})")
-    if features.ndim != 2 or features.shape[1] != head.in_features or features.shape[0] < 2:
-        raise ModelError(f"PCA initialisation needs features of shape (N ≥ 2, {head.in_features}), got {tuple(features.shape)}")
-    features = features.detach().to("cpu", torch.float64)
-    mean = features.mean(0)
-    rows = principal_directions(features - mean, head.out_features)
-    head.weight.copy_(rows.to(head.weight))
-    head.bias.copy_((-rows @ mean).to(head.bias))
-
-
-def principal_directions(centred: torch.Tensor, count: int) -> torch.Tensor:
-    """`count` orthonormal rows, the leading principal directions of `centred` first.
-
-    Fewer samples than dimensions give fewer directions: the rest is completed with an
-    orthonormal basis of their complement. Beyond the feature dimension no orthonormal
-    rows exist, so extra rows are zero (the map stays an isometry, and they still train).
-    Each direction's sign is fixed (largest-magnitude entry positive) for determinism."""
-    feature_dim = centred.shape[1]
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    rows = vh[: min(count, feature_dim)]
-    rows = rows * torch.sign(rows.gather(1, rows.abs().argmax(1, keepdim=True)))
-    missing = min(count, feature_dim) - len(rows)
-    if missing:
-        rows = torch.cat([rows, _orthonormal_complement(rows, missing)])
-    if count > feature_dim:
-        rows = torch.cat([rows, rows.new_zeros(count - feature_dim, feature_dim)])
-    return rows
-
-
-def _orthonormal_complement(rows: torch.Tensor, count: int) -> torch.Tensor:
-    """`count` orthonormal rows orthogonal to the orthonormal `rows`."""
-    generator = torch.Generator().manual_seed(0)
-    extra = torch.randn(rows.shape[1], count, generator=generator, dtype=rows.dtype)
-    q, _ = torch.linalg.qr(torch.cat([rows.t(), extra], dim=1))
-    return q[:, len(rows):].t()
+    init_from_features(net.head, features)
 
 
 def freeze_backbone(net: EmbeddingNet, frozen: bool = True) -> None:

@@ -15,7 +15,8 @@ from torch import nn
 
 from ..errors import ModelError
 from .backbones import LITE0_FEATURES, RESNET_FEATURES, Lite0Features, ResNetFeatures, SmallCNN, small_cnn_backbone
-from .embedding_net import EmbeddingNet, ModelSpec, make_head
+from .embedding_net import EmbeddingNet, ModelSpec
+from .heads import get_head_spec, make_head
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -59,16 +60,15 @@ def create_model(
 
     `pretrained`: load the backbone's ImageNet weights (ignored by backbones that have
     none, such as small_cnn). `weights`: a local state_dict file for the backbone instead
-    (takes precedence). `head`: "linear" (default), "mlp", or None for the pooled
+    (takes precedence). `head`: a name from `heads.HEADS` ("linear" by default here;
+    "identity" keeps the feature dimension and ignores `dim`), or None for the pooled
     features themselves (then `dim` is ignored and embedding_dim == feature_dim)."""
     spec = get_spec(name)
-    if head not in ("linear", "mlp", None, "none"):
-        raise ModelError(f"unknown head '{head}' (choose from linear, mlp, none)")
-    if head not in (None, "none"):
-        dim = _positive_int(dim)
+    head_kind = None if head == "none" else head
+    if head_kind is not None:
+        dim = get_head_spec(head_kind).output_dim(spec.feature_dim, _positive_int(dim))
     factory = _REGISTRY[name][1]
     backbone = factory(pretrained=pretrained and spec.pretrained_available, weights=weights)
-    head_kind = None if head == "none" else head
     return EmbeddingNet(
         spec, backbone, make_head(head_kind, spec.feature_dim, dim), head_kind=head_kind, dim=dim, normalize=normalize
     )

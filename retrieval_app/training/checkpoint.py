@@ -29,22 +29,31 @@ HISTORY_FILE = "history.json"
 SUMMARY_FILE = "summary.json"
 
 
-def save_model(path: str | Path, net, *, classes: list[str], train_config: dict, metrics: dict, epoch: int) -> Path:
+def save_model(path: str | Path, net, *, classes: list[str], train_config: dict, metrics: dict, epoch: int,
+               head_only: bool = False, extra: dict | None = None) -> Path:
+    """The kept model. `head_only` (quick mode, frozen pretrained backbone): store the head
+    and a fingerprint of the backbone instead of 18+ MB of weights everyone already has;
+    loading rebuilds the pretrained backbone and refuses it if the fingerprint differs."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "kind": "model",
         "config": net.config(),
-        "state_dict": _cpu_state_dict(net),
+        "state_dict": _cpu_state_dict(net.head if head_only else net, prefix="head." if head_only else ""),
         "classes": list(classes),
         "train": dict(train_config),
         "metrics": dict(metrics),
         "epoch": int(epoch),
         "saved_at": time.time(),
+        **(extra or {}),
     }
+    if head_only:
+        from ..networks import model_fingerprint
+
+        payload["backbone"] = {"fingerprint": model_fingerprint(net, part="backbone"), "weights": train_config.get("weights")}
     return atomic_torch_save(payload, path)
 
 
-def save_training_state(path: str | Path, net, optimizer, *, epoch: int, history: list[dict], best: dict, train_config: dict, classes: list[str]) -> Path:
+def save_training_state(path: str | Path, net, optimizer, *, epoch: int, history: list[dict], best: dict, train_config: dict, classes: list[str], extra: dict | None = None) -> Path:
     payload = {
         "format": CHECKPOINT_FORMAT,
         "kind": "training_state",
@@ -57,6 +66,7 @@ def save_training_state(path: str | Path, net, optimizer, *, epoch: int, history
         "train": dict(train_config),
         "classes": list(classes),
         "saved_at": time.time(),
+        **(extra or {}),
     }
     return atomic_torch_save(payload, path)
 
@@ -85,11 +95,33 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
 def model_from_checkpoint(payload: dict[str, Any]):
     from ..networks import model_from_config
 
-    net = model_from_config(payload["config"])
+    backbone = payload.get("backbone")
+    net = model_from_config(payload["config"]) if backbone is None else _with_pretrained_backbone(payload["config"], backbone)
+    state = payload["state_dict"]
     try:
-        net.load_state_dict(payload["state_dict"])
+        if backbone is None:
+            net.load_state_dict(state)
+        else:
+            net.head.load_state_dict({key.removeprefix("head."): value for key, value in state.items()})
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint weights do not fit its model config: {exc}") from exc
+    return net
+
+
+def _with_pretrained_backbone(config: dict[str, Any], backbone: dict[str, Any]):
+    """The architecture of `config` on the pretrained backbone a head-only checkpoint
+    was trained on; refuses other backbone weights (their features would differ)."""
+    from ..networks import create_model, model_fingerprint
+
+    try:
+        net = create_model(config["name"], dim=int(config["dim"]), normalize=bool(config["normalize"]), pretrained=True, weights=backbone.get("weights"), head=config["head"])
+    except KeyError as exc:
+        raise CheckpointError(f"checkpoint config lacks {exc}") from None
+    if model_fingerprint(net, part="backbone") != backbone.get("fingerprint"):
+        raise CheckpointError(
+            f"this head was trained on other {config['name']} weights than the ones installed here "
+            "(different backbone fingerprint); retrain it, or install the weights it was trained on"
+        )
     return net
 
 
@@ -187,5 +219,45 @@ def delete_checkpoint(path: str | Path, *, root: str | Path | None = None) -> No
     shutil.rmtree(folder)
 
 
-def _cpu_state_dict(net) -> dict[str, torch.Tensor]:
-    return {key: value.detach().cpu().clone() for key, value in net.state_dict().items()}
+def _cpu_state_dict(module, prefix: str = "") -> dict[str, torch.Tensor]:
+    return {prefix + key: value.detach().cpu().clone() for key, value in module.state_dict().items()}
+
+
+def set_checkpoint_blend(path: str | Path, blend: float) -> dict[str, Any]:
+    """Move a saved model along its dial: rewrite the blend of its head (0 = the head's
+    start, for the identity head the bare backbone; 1 = the trained head)."""
+    from ..networks.heads import get_head_spec
+
+    path = resolve_checkpoint_path(path)
+    payload = load_checkpoint(path)
+    key = "head.blend"
+    kind = payload.get("config", {}).get("head")
+    if kind is None or not get_head_spec(kind).blendable or key not in payload["state_dict"]:
+        raise CheckpointError(f"{path.parent.name}: its head ({kind}) cannot be blended")
+    if not 0.0 <= float(blend) <= 1.0:
+        raise CheckpointError(f"blend must be between 0 and 1, got {blend}")
+    payload["state_dict"][key] = torch.tensor(float(blend))
+    dial = payload.get("dial")
+    if isinstance(dial, dict):
+        from .dial import Dial
+
+        restored = Dial.from_dict(dial)
+        restored.chosen = restored.nearest(blend=float(blend))
+        payload["dial"] = restored.to_dict()
+        if restored.chosen is not None:
+            payload["metrics"] = {**payload.get("metrics", {}), **estimate_metrics(restored.chosen)}
+    payload["saved_at"] = time.time()
+    atomic_torch_save(payload, path)
+    return payload
+
+
+def estimate_metrics(point) -> dict[str, Any]:
+    """A dial point as the flat metrics a checkpoint lists (fold estimates)."""
+    values = [v for v in (point.seen, point.unseen) if v is not None]
+    p1 = [v for v in (point.seen_p1, point.unseen_p1) if v is not None]
+    return {
+        "map_at_r": sum(values) / len(values) if values else None, "precision_at_1": sum(p1) / len(p1) if p1 else None,
+        "val_seen_map_at_r": point.seen, "val_unseen_map_at_r": point.unseen,
+        "val_seen_precision_at_1": point.seen_p1, "val_unseen_precision_at_1": point.unseen_p1,
+        "step": point.step, "blend": point.blend,
+    }

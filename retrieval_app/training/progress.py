@@ -14,7 +14,10 @@ class ProgressClock:
         self.steps = 0
 
     def tick(self, images: int) -> None:
-        self.steps += 1
+        self.tick_many(1, images)
+
+    def tick_many(self, steps: int, images: int) -> None:
+        self.steps += steps
         self.images += images
 
     @property

@@ -1,5 +1,5 @@
-"""Where training batches come from: cached backbone features (quick mode) or decoded,
-augmented images (full mode). The trainer treats both alike."""
+"""Where full-mode training batches come from (decoded, augmented images), and the one
+cached pass of the backbone over a folder that both modes start from."""
 
 from __future__ import annotations
 
@@ -19,9 +19,6 @@ from ..metrics import retrieval_metrics
 from .config import FROM_SCRATCH_BACKBONES, TrainConfig
 
 VALIDATION_SETS = ("val_seen", "val_unseen")
-# Quick-mode steps are cheap; an "epoch" is at least this many so validation is not
-# the dominant cost on small folders.
-MIN_QUICK_STEPS_PER_EPOCH = 10
 
 
 class _Source:
@@ -45,21 +42,14 @@ class _Source:
     def _extract_features(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """One cached pass over the whole folder (so the cache mirrors the folder),
         then sliced into the splits; unreadable files drop out here."""
-        from ..retrieval.cache import cached_embeddings
-
         parts = {name: getattr(self.split, name) for name in ("train", *VALIDATION_SETS)}
-        records = [r for part in parts.values() for r in part]
-        self.on_phase(f"extracting backbone features of {len(records)} images (cached after the first run)")
-        result = cached_embeddings(self.net, records, output="features", device=self.device, cancel=self.cancel, num_workers=self.config.num_workers)
-        for path, reason in result.failures:
-            self.on_phase(f"skipped unreadable image {path}: {reason}")
-        out, start = {}, 0
+        records, features = extract_features(self.net, [r for part in parts.values() for r in part], device=self.device, cancel=self.cancel, num_workers=self.config.num_workers, on_phase=self.on_phase)
+        row_of = {r.id: i for i, r in enumerate(records)}
+        out = {}
         for name, part in parts.items():
-            ok = np.asarray(result.ok[start:start + len(part)], dtype=bool)
-            vectors = result.embeddings[start:start + len(part)][ok]
-            labels = torch.as_tensor([r.label for r, good in zip(part, ok) if good], dtype=torch.long)
-            out[name] = (torch.from_numpy(np.ascontiguousarray(vectors)).float(), labels)
-            start += len(part)
+            rows = torch.as_tensor([row_of[r.id] for r in part if r.id in row_of], dtype=torch.long)
+            labels = torch.as_tensor([r.label for r in part if r.id in row_of], dtype=torch.long)
+            out[name] = (features[rows], labels)
         return out
 
     def train_features(self) -> torch.Tensor:
@@ -104,39 +94,6 @@ class _Source:
 
     def _use_amp(self) -> bool:
         return self.config.amp and self.device.type == "cuda"
-
-
-class QuickSource(_Source):
-    """Frozen backbone: train the head on cached pooled features."""
-
-    def steps_per_epoch(self) -> int:
-        n = len(self.pretrained_features()["train"][1])
-        return max(MIN_QUICK_STEPS_PER_EPOCH, n // self.config.batch_size)
-
-    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        features, labels = self.pretrained_features()["train"]
-        steps = self.steps_per_epoch()
-        if self.config.mining == "random":
-            index_lists = self._random_triplet_batches(labels, steps)
-        else:
-            sampler = self._pk_sampler(labels, batches_per_epoch=steps)
-            _set_epoch(sampler, epoch)
-            index_lists = iter(sampler)
-        for indices in index_lists:
-            index = torch.as_tensor(indices, dtype=torch.long)
-            yield features[index].to(self.device), labels[index].to(self.device)
-
-    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.net.embed_features(inputs)
-
-    @torch.inference_mode()
-    def validation_embeddings(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        out = {}
-        for set_name in VALIDATION_SETS:
-            features, labels = self.pretrained_features()[set_name]
-            embedded = self.net.embed_features(features.to(self.device)).float().cpu().numpy() if len(labels) else np.empty((0, 1))
-            out[set_name] = (embedded, labels.numpy())
-        return out
 
 
 class FullSource(_Source):
@@ -200,6 +157,21 @@ class FullSource(_Source):
             labels = np.asarray([r.label for r in records], dtype=np.int64)[ok]
             out[set_name] = (result.embeddings[ok], labels)
         return out
+
+
+def extract_features(net, records, *, device, cancel, num_workers, on_phase) -> tuple[list, torch.Tensor]:
+    """The backbone's pooled features of `records` through the on-disk embedding cache:
+    (the readable records, their features as one float32 tensor). Unreadable files are
+    reported through `on_phase` and left out."""
+    from ..retrieval.cache import cached_embeddings
+
+    on_phase(f"extracting backbone features of {len(records)} images (cached after the first run)")
+    result = cached_embeddings(net, records, output="features", device=device, cancel=cancel, num_workers=num_workers)
+    for path, reason in result.failures:
+        on_phase(f"skipped unreadable image {path}: {reason}")
+    ok = np.asarray(result.ok, dtype=bool)
+    kept = [record for record, good in zip(records, ok) if good]
+    return kept, torch.from_numpy(np.ascontiguousarray(result.embeddings[ok])).float()
 
 
 def _set_epoch(sampler, epoch: int) -> None:

@@ -1,14 +1,16 @@
 """The one trainer used by the CLI, the UI and the tests.
 
-A run: scan the folder → split (held-out images of trained classes, and whole held-out
-classes) → build the network → measure the starting model → train with a triplet loss,
-validating every epoch → keep the best model (which may be the starting one: fine-tuning
-that makes retrieval worse is reported, never silently kept).
+Two modes:
+- quick (the default for pretrained backbones): the backbone is frozen, its pooled
+  features are computed once (and cached on disk), only the head trains, on one thread,
+  thousands of steps in seconds. Class folds choose the training length and the blend
+  toward the bare backbone, then the head is refitted on every image (`quick.py`).
+- full: the whole network trains on decoded, augmented images, validated every epoch
+  on held-out images and held-out classes.
 
-Two modes share everything but the data source:
-- quick: the backbone is frozen, its pooled features are computed once (and cached on
-  disk), only the head trains: seconds on a CPU;
-- full: the whole network trains on decoded, augmented images.
+Both are judged against the bare backbone's own features at full dimension (for
+networks trained from scratch, against the untrained start): fine-tuning that makes
+retrieval on new classes worse than what the user already had is never kept silently.
 """
 
 from __future__ import annotations
@@ -28,35 +30,43 @@ from ..data import scan_folder, split_records
 from ..device import select_device
 from ..errors import RetrievalAppError, TrainingCancelled
 from ..losses import OnlineTripletLoss
+from ..losses import triplet_margin_loss
 from ..losses.distances import get_distance
+from ..threads import network_workload, workload_threads
 from ..metrics import retrieval_metrics
-from ..networks import create_model, freeze_backbone, init_linear_head_from_features
+from ..networks import create_model, freeze_backbone
+from ..networks.heads import get_head_spec, init_from_features
 from . import checkpoint as ckpt
 from .config import FROM_SCRATCH_BACKBONES, TrainConfig
+from .dial import Dial
 from .events import EventCallback, TrainEvent, ignore_event
+from .head_loop import TrainingStopped
 from .progress import ProgressClock
-from .sources import FullSource, QuickSource
+from .quick import FeatureTable, QuickProtocol, head_net_factory
+from .sources import FullSource, extract_features
 
 # Metrics that can rank neighbours; other training distances are validated with Euclidean.
 _METRIC_DISTANCES = ("euclidean", "cosine")
-# How much MAP@R on held-out classes an epoch may lose against the start and still be kept.
-UNSEEN_TOLERANCE = 0.01
+# How much MAP@R on held-out classes an epoch may lose against the baseline (the bare
+# backbone; the start when trained from scratch) and still be kept: none.
+UNSEEN_TOLERANCE = 0.0
 
 
 @dataclass
 class TrainResult:
     out_dir: Path
-    model_path: Path
-    before: dict[str, Any]  # the starting model (epoch 0)
-    after: dict[str, Any]  # the best trained epoch
-    backbone_before: dict[str, Any]  # the bare pretrained features (quick mode), if measured
-    kept: str  # "trained" or "start"
+    model_path: Path | None  # None when nothing better than the baseline was found
+    before: dict[str, Any]  # the baseline: the bare backbone (the start, from scratch)
+    after: dict[str, Any]  # the kept model (quick mode: fold estimates at the chosen point)
+    backbone_before: dict[str, Any]  # the bare pretrained features, if measured
+    kept: str  # "trained" or "start" (the baseline: nothing new to use)
     best_epoch: int
     epochs_run: int
     stopped_because: str
     summary: str
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    dial: Dial | None = None  # quick mode: the specialise ↔ generalise trade-off measured
 
 
 class Trainer:
@@ -67,6 +77,7 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.device = select_device(config.device)
         self.history: list[dict[str, Any]] = []
+        self.backbone_before: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- the run
     def run(self) -> TrainResult:
@@ -74,72 +85,124 @@ class Trainer:
         _seed_everything(cfg.seed)
         self._phase("scanning folder")
         scan = scan_folder(cfg.folder)
+        if sum(1 for n in scan.class_counts().values() if n >= 2) < 2:
+            raise RetrievalAppError("training needs at least two classes with two or more images each")
+        if cfg.resolved_mode() == "quick":
+            result = self._run_quick(scan)
+        else:
+            result = self._run_full(scan)
+        kind = "cancelled" if result.stopped_because == "cancelled" else "done"
+        self._emit(TrainEvent(kind, phase=kind, fraction=1.0 if kind == "done" else 0.0, message=result.summary))
+        return result
+
+    # ---------------------------------------------------------- quick mode
+    def _run_quick(self, scan) -> TrainResult:
+        cfg = self.config
+        if cfg.resume:
+            self._phase("quick mode takes seconds: starting over instead of resuming")
+        base = create_model(cfg.backbone, dim=cfg.dim, normalize=cfg.normalize, pretrained=True, weights=cfg.weights, head=None).to(self.device)
+        freeze_backbone(base, True)
+        records, features = extract_features(base, scan.records, device=self.device, cancel=self.cancel, num_workers=cfg.num_workers, on_phase=self._phase)
+        table = FeatureTable(records, features.to(self.device), torch.as_tensor([r.label for r in records], dtype=torch.long, device=self.device))
+        head_kind = cfg.resolved_head()
+        make_net = head_net_factory(base, cfg, table.features, self.device)
+
+        protocol = QuickProtocol(cfg, make_net, table, lr=cfg.resolved_lr(), metric_distance=self._metric_distance(), cancel=self.cancel, emit=self._emit)
+        try:
+            outcome, net = protocol.run()
+        except TrainingStopped:
+            return self._cancelled(scan, protocol.history)
+        self.history = outcome.history
+        dial = outcome.dial
+        before = _baseline_metrics(dial)
+        after = ckpt.estimate_metrics(dial.chosen) if dial.chosen is not None else dict(before)
+        model_path = None
+        if net is not None:
+            model_path = ckpt.save_model(
+                self.out_dir / ckpt.MODEL_FILE, net, classes=scan.classes, train_config=cfg.to_dict(), metrics=after,
+                epoch=outcome.refit_steps, head_only=True, extra={"dial": dial.to_dict()},
+            )
+        kept = "trained" if net is not None else "start"
+        summary = _summarise_quick(dial, kept, head_kind, outcome.refit_steps)
+        return self._result(scan, before=before, after=after, backbone_before=before, kept=kept, best_epoch=outcome.refit_steps,
+                            epochs_run=outcome.refit_steps, stopped_because=outcome.stopped_because, summary=summary, model_path=model_path, dial=dial)
+
+    def _cancelled(self, scan, history: list[dict]) -> TrainResult:
+        self.history = list(history)
+        summary = "Cancelled before a model was chosen: nothing was saved, and the model in use is unchanged."
+        return self._result(scan, before={}, after={}, backbone_before={}, kept="start", best_epoch=0, epochs_run=0,
+                            stopped_because="cancelled", summary=summary, model_path=None, dial=None)
+
+    def _result(self, scan, *, before, after, backbone_before, kept, best_epoch, epochs_run, stopped_because, summary, model_path, dial) -> TrainResult:
+        result = TrainResult(
+            out_dir=self.out_dir, model_path=model_path, before=before, after=after, backbone_before=backbone_before,
+            kept=kept, best_epoch=int(best_epoch), epochs_run=int(epochs_run), stopped_because=stopped_because, summary=summary,
+            history=list(self.history), skipped_files=[(s.path, s.reason) for s in scan.skipped], dial=dial,
+        )
+        atomic_write_json(self.out_dir / ckpt.HISTORY_FILE, self.history)
+        atomic_write_json(self.out_dir / ckpt.SUMMARY_FILE, {
+            "before": before, "after": after, "backbone_before": backbone_before, "kept": kept, "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run, "stopped_because": stopped_because, "summary": summary, "config": self.config.to_dict(),
+            "dial": dial.to_dict() if dial is not None else None,
+        })
+        return result
+
+    # ----------------------------------------------------------- full mode
+    def _run_full(self, scan) -> TrainResult:
+        cfg = self.config
         split = split_records(scan.records, val_fraction=cfg.val_fraction, unseen_class_fraction=cfg.unseen_class_fraction, seed=cfg.seed)
         if len({r.label for r in split.train}) < 2:
             raise RetrievalAppError("training needs at least two classes with two or more images each")
         self._phase(f"{len(split.train)} training images, {len(split.val_seen)} held-out images of trained classes, {len(split.val_unseen)} images of held-out classes")
 
-        net = create_model(cfg.backbone, dim=cfg.dim, normalize=cfg.normalize, pretrained=True, weights=cfg.weights, head=cfg.head).to(self.device)
-        source = self._make_source(net, split)
+        net = create_model(cfg.backbone, dim=cfg.dim, normalize=cfg.normalize, pretrained=True, weights=cfg.weights, head=cfg.resolved_head()).to(self.device)
+        source = FullSource(config=cfg, net=net, split=split, device=self.device, cancel=self.cancel, on_phase=self._phase)
         resumed = self._try_resume(net) if cfg.resume else None
-        if resumed is None and cfg.head == "linear" and cfg.backbone not in FROM_SCRATCH_BACKBONES:
-            # Start as the pretrained geometry (PCA of its features), so training can only
-            # be compared with - and fall back to - what the user already had.
-            init_linear_head_from_features(net, source.train_features())
+        if resumed is None and get_head_spec(cfg.resolved_head()).feature_init and cfg.backbone not in FROM_SCRATCH_BACKBONES:
+            # Start as the pretrained geometry (PCA of its features, or the identity with
+            # its trainable subspace in their leading directions).
+            init_from_features(net.head, source.train_features())
 
         optimizer = self._make_optimizer(net)
         if resumed is not None:
             optimizer.load_state_dict(resumed["optimizer"])
-        backbone_before = source.backbone_metrics(self._metric_distance()) if resumed is None else {}
+        self.backbone_before = source.backbone_metrics(self._metric_distance()) if resumed is None else dict(resumed.get("backbone_before", {}))
         loss_fn = None if cfg.mining == "random" else OnlineTripletLoss(cfg.mining, margin=cfg.margin, distance=cfg.distance, reduction=cfg.reduction)
 
         start_epoch = 0 if resumed is None else int(resumed["epoch"]) + 1
         best = {"score": -math.inf, "epoch": -1} if resumed is None else dict(resumed["best"])
+        total_epochs = cfg.resolved_epochs()
+        steps_per_epoch = source.steps_per_epoch()
+        bounded_steps = None if total_epochs >= 10**6 else (total_epochs - max(start_epoch, 1) + 1) * steps_per_epoch
+        clock = ProgressClock(bounded_steps, cfg.time_budget)
         if resumed is None:
             start = self._validate(net, source, epoch=0, train_stats={})
             best = self._maybe_keep(net, start, best, scan.classes)
             start_epoch = 1
-        before = self.history[0]
+        before = self._baseline_row()
 
-        total_epochs = cfg.resolved_epochs()
-        steps_per_epoch = source.steps_per_epoch()
-        bounded_steps = None if total_epochs >= 10**6 else (total_epochs - start_epoch + 1) * steps_per_epoch
-        clock = ProgressClock(bounded_steps, cfg.time_budget)
         stopped_because = "finished all epochs"
         epoch = start_epoch - 1
-        for epoch in range(start_epoch, total_epochs + 1):
-            self._phase(f"training epoch {epoch}")
-            train_stats = self._train_epoch(net, source, loss_fn, optimizer, epoch, clock)
-            if train_stats.get("cancelled"):
-                stopped_because = "cancelled"
-                break
-            row = self._validate(net, source, epoch=epoch, train_stats=train_stats, clock=clock)
-            best = self._maybe_keep(net, row, best, scan.classes)
-            ckpt.save_training_state(self.out_dir / ckpt.LAST_FILE, net, optimizer, epoch=epoch, history=self.history, best=best, train_config=cfg.to_dict(), classes=scan.classes)
-            if clock.out_of_time():
-                stopped_because = "time budget reached"
-                break
-            patience = cfg.resolved_patience()
-            if patience is not None and epoch - best["epoch"] >= patience:
-                stopped_because = f"no better validation score for {patience} epochs (early stop)"
-                break
-        result = self._finish(scan, before, backbone_before, best, epoch, stopped_because)
-        if stopped_because == "cancelled":
-            self._emit(TrainEvent("cancelled", phase="cancelled", message=result.summary))
-        else:
-            self._emit(TrainEvent("done", phase="done", fraction=1.0, message=result.summary))
-        return result
+        with workload_threads(network_workload(net.spec.input_size)):
+            for epoch in range(start_epoch, total_epochs + 1):
+                self._phase(f"training epoch {epoch}")
+                train_stats = self._train_epoch(net, source, loss_fn, optimizer, epoch, clock)
+                if train_stats.get("cancelled"):
+                    stopped_because = "cancelled"
+                    break
+                row = self._validate(net, source, epoch=epoch, train_stats=train_stats, clock=clock)
+                best = self._maybe_keep(net, row, best, scan.classes)
+                ckpt.save_training_state(self.out_dir / ckpt.LAST_FILE, net, optimizer, epoch=epoch, history=self.history, best=best, train_config=cfg.to_dict(), classes=scan.classes, extra={"backbone_before": self.backbone_before})
+                if clock.out_of_time():
+                    stopped_because = "time budget reached"
+                    break
+                patience = cfg.resolved_patience()
+                if patience is not None and epoch - best["epoch"] >= patience:
+                    stopped_because = f"no better validation score for {patience} epochs (early stop)"
+                    break
+        return self._finish(scan, _flat_metrics(before), best, epoch, stopped_because)
 
     # -------------------------------------------------------------- set-up
-    def _make_source(self, net, split):
-        cfg = self.config
-        mode = cfg.resolved_mode()
-        common = dict(config=cfg, net=net, split=split, device=self.device, cancel=self.cancel, on_phase=self._phase)
-        if mode == "quick":
-            freeze_backbone(net, True)
-            return QuickSource(**common)
-        return FullSource(**common)
-
     def _make_optimizer(self, net) -> torch.optim.Optimizer:
         cfg = self.config
         lr = cfg.resolved_lr()
@@ -206,8 +269,7 @@ class Trainer:
     def _random_triplet_loss(self, embeddings: torch.Tensor, labels: torch.Tensor):
         # Batches of random offline triplets arrive as [anchors | positives | negatives].
         a, p, n = embeddings.float().chunk(3)
-        distance = get_distance(self.config.distance)
-        per_triplet = torch.relu(distance.paired(a, p) - distance.paired(a, n) + self.config.margin)
+        per_triplet = triplet_margin_loss(a, p, n, margin=self.config.margin, distance=self.config.distance, reduction="none")
         loss = per_triplet.mean() if self.config.reduction == "mean" else per_triplet.sum()
         return loss, float((per_triplet > 0).float().mean())
 
@@ -238,9 +300,10 @@ class Trainer:
         # starting model's MAP@R on unseen classes is not eligible at all: users query
         # with classes the model never saw, and heads that forget them are common.
         row["score"] = float(np.mean(scores)) if scores else None
-        start_unseen = self.history[0].get("val_unseen", {}).get("map_at_r") if self.history else None
+        baseline = self._baseline_row()
+        baseline_unseen = baseline.get("val_unseen", {}).get("map_at_r") if baseline else None
         unseen = row.get("val_unseen", {}).get("map_at_r")
-        row["eligible"] = not (start_unseen is not None and unseen is not None and unseen < start_unseen - UNSEEN_TOLERANCE)
+        row["eligible"] = epoch > 0 and not (baseline_unseen is not None and unseen is not None and unseen < baseline_unseen - UNSEEN_TOLERANCE)
         if clock is not None:
             row["elapsed_s"] = clock.elapsed
         self.history.append(row)
@@ -254,35 +317,36 @@ class Trainer:
         ))
         return row
 
+    def _baseline_row(self) -> dict:
+        """What fine-tuning must beat: the bare backbone (pretrained), else the start."""
+        if self.backbone_before.get("map_at_r") is not None:
+            return self.backbone_before
+        return self.history[0] if self.history else {}
+
     def _maybe_keep(self, net, row: dict, best: dict, classes: list[str]) -> dict:
-        score = row.get("score")
-        if not row.get("eligible", True):
+        """Save `row`'s model if it is eligible and beats both the baseline and the best
+        so far. The start itself is never saved: it is what the user already has."""
+        if not row.get("eligible", False):
             return best
+        baseline_score = _score(self._baseline_row())
+        score = row.get("score")
+        threshold = max(best["score"], baseline_score if baseline_score is not None else -math.inf)
         # Without validation data the latest epoch is the best we can say.
-        comparable = score if score is not None else -math.inf
-        if comparable > best["score"] or (score is None and best["score"] == -math.inf):
+        if (score is not None and score > threshold) or (score is None and baseline_score is None):
             ckpt.save_model(self.out_dir / ckpt.MODEL_FILE, net, classes=classes, train_config=self.config.to_dict(), metrics=_flat_metrics(row), epoch=row["epoch"])
-            return {"score": comparable, "epoch": row["epoch"]}
+            return {"score": score if score is not None else best["score"], "epoch": row["epoch"]}
         return best
 
     # -------------------------------------------------------------- the end
-    def _finish(self, scan, before: dict, backbone_before: dict, best: dict, last_epoch: int, stopped_because: str) -> TrainResult:
-        after_row = next((row for row in self.history if row["epoch"] == best["epoch"]), before)
-        kept = "trained" if best["epoch"] > 0 else "start"
-        summary = _summarise(before, after_row, backbone_before, kept, stopped_because)
-        result = TrainResult(
-            out_dir=self.out_dir, model_path=self.out_dir / ckpt.MODEL_FILE,
-            before=_flat_metrics(before), after=_flat_metrics(after_row), backbone_before=backbone_before,
-            kept=kept, best_epoch=int(best["epoch"]), epochs_run=max(last_epoch, 0),
-            stopped_because=stopped_because, summary=summary, history=list(self.history),
-            skipped_files=[(s.path, s.reason) for s in scan.skipped],
-        )
-        atomic_write_json(self.out_dir / ckpt.SUMMARY_FILE, {
-            "before": result.before, "after": result.after, "backbone_before": backbone_before,
-            "kept": kept, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-            "stopped_because": stopped_because, "summary": summary, "config": self.config.to_dict(),
-        })
-        return result
+    def _finish(self, scan, before: dict, best: dict, last_epoch: int, stopped_because: str) -> TrainResult:
+        after_row = next((row for row in self.history if row["epoch"] == best["epoch"] and best["epoch"] > 0), None)
+        kept = "trained" if after_row is not None else "start"
+        after = _flat_metrics(after_row) if after_row is not None else dict(before)
+        backbone_before = _flat_metrics(self.backbone_before) if self.backbone_before else {}
+        summary = _summarise(before, after, kept, stopped_because)
+        model_path = self.out_dir / ckpt.MODEL_FILE if kept == "trained" else None
+        return self._result(scan, before=before, after=after, backbone_before=backbone_before, kept=kept, best_epoch=max(best["epoch"], 0),
+                            epochs_run=max(last_epoch, 0), stopped_because=stopped_because, summary=summary, model_path=model_path, dial=None)
 
     # ---------------------------------------------------------------- events
     def _phase(self, text: str) -> None:
@@ -300,32 +364,81 @@ def _visible_epochs(cfg: TrainConfig) -> int | None:
 
 
 def _flat_metrics(row: dict) -> dict[str, Any]:
-    flat = {"epoch": row.get("epoch"), "score": row.get("score"), "precision_at_1": row.get("precision_at_1"), "map_at_r": row.get("map_at_r")}
+    flat = {"epoch": row.get("epoch"), "score": _score(row), "precision_at_1": row.get("precision_at_1"), "map_at_r": row.get("map_at_r")}
     for set_name in ("val_seen", "val_unseen"):
-        for key, value in row.get(set_name, {}).items():
+        for key, value in (row.get(set_name) or {}).items():
             flat[f"{set_name}_{key}"] = value
     return flat
+
+
+def _score(row: dict) -> float | None:
+    """Selection score: mean MAP@R over held-out images of trained classes and over
+    whole held-out classes (whichever exist)."""
+    if row.get("score") is not None:
+        return row["score"]
+    values = [row[s]["map_at_r"] for s in ("val_seen", "val_unseen") if isinstance(row.get(s), dict) and row[s].get("map_at_r") is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _baseline_metrics(dial: Dial) -> dict[str, Any]:
+    """The bare backbone's fold estimates, in the flat form of `estimate_metrics`."""
+    maps = [v for v in (dial.baseline_seen, dial.baseline_unseen) if v is not None]
+    p1 = [v for v in (dial.baseline_seen_p1, dial.baseline_unseen_p1) if v is not None]
+    return {
+        "map_at_r": float(np.mean(maps)) if maps else None, "precision_at_1": float(np.mean(p1)) if p1 else None,
+        "val_seen_map_at_r": dial.baseline_seen, "val_unseen_map_at_r": dial.baseline_unseen,
+        "val_seen_precision_at_1": dial.baseline_seen_p1, "val_unseen_precision_at_1": dial.baseline_unseen_p1,
+        "step": 0, "blend": 0.0,
+    }
 
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _summarise(before: dict, after: dict, backbone_before: dict, kept: str, stopped_because: str) -> str:
+def _change(before, after) -> str:
+    return f"{_fmt(before)} → {_fmt(after)}"
+
+
+def _summarise(before: dict, after: dict, kept: str, stopped_because: str) -> str:
     lines = [f"Stopped: {stopped_because}."]
     lines.append(
-        f"Validation MAP@R: start {_fmt(before.get('map_at_r'))} → best trained {_fmt(after.get('map_at_r'))} "
-        f"(P@1 {_fmt(before.get('precision_at_1'))} → {_fmt(after.get('precision_at_1'))})."
+        f"Validation MAP@R: baseline {_fmt(before.get('map_at_r'))} → best trained {_fmt(after.get('map_at_r'))} "
+        f"(held-out images {_change(before.get('val_seen_map_at_r'), after.get('val_seen_map_at_r'))}, "
+        f"held-out classes {_change(before.get('val_unseen_map_at_r'), after.get('val_unseen_map_at_r'))})."
     )
     if kept == "start":
-        lines.append("Fine-tuning did not improve validation retrieval, so the starting model was kept.")
+        lines.append("No epoch beat the baseline without losing on held-out classes, so nothing was saved: keep using what you had.")
     else:
         lines.append(f"Kept the trained model from epoch {after.get('epoch')}.")
-    bare = backbone_before.get("map_at_r")
-    best_score = after.get("map_at_r") if kept == "trained" else before.get("map_at_r")
-    if bare is not None and best_score is not None and bare > best_score:
-        lines.append(f"Note: the bare pretrained features score higher (MAP@R {_fmt(bare)}); use the backbone itself as the model for search.")
     return " ".join(lines)
+
+
+def _summarise_quick(dial: Dial, kept: str, head: str, steps: int) -> str:
+    """One paragraph: what was kept, and the two estimates a user needs."""
+    folds = f"{dial.n_folds} class folds" if dial.n_folds else "held-out images"
+    if not dial.points:
+        return f"Trained the {head} head for {steps} steps without validation ({dial.note})."
+    best = dial.chosen if kept == "trained" else None
+    if best is None:
+        from .dial import best_seen
+
+        top = best_seen(dial.points)
+        lost = "" if top is None else (
+            f" The best point for your classes (MAP@R {_change(dial.baseline_seen, top.seen)}) would have taken classes it "
+            f"never saw {_change(dial.baseline_unseen, top.unseen)}; move the dial to specialise anyway."
+        )
+        return f"Kept the backbone: no fine-tuned point improved your classes without making new classes worse (estimated over {folds}).{lost}"
+    text = (
+        f"Kept the fine-tuned {head} head ({steps} steps on all images, blend {best.blend:.2f}). "
+        f"Estimated over {folds}: on your classes MAP@R {_change(dial.baseline_seen, best.seen)}"
+    )
+    if best.unseen is not None:
+        text += f", on classes it never saw {_change(dial.baseline_unseen, best.unseen)}"
+    text += "."
+    if dial.note:
+        text += f" Note: {dial.note}."
+    return text
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,0 +1,235 @@
+"""Embedding heads: what sits between the backbone's pooled features and the embedding.
+
+One registry, `HEADS`, names every head the app offers (`choices.HEADS` lists the same
+names for the command line). Each entry says how to build the head, how long its
+output is, and whether it can start *exactly* as the bare backbone - the baseline every
+fine-tuning run is judged against:
+
+- `identity`: a full-dimension linear map (feature_dim × feature_dim) initialised to
+  the identity. Untrained it *is* the backbone's features, so training can only be
+  compared with, and blended back toward, what the user already had. Measured as the
+  best trade-off between the user's classes and classes it never saw.
+- `linear`: a linear map down to `dim`, initialised as the PCA projection of the
+  training features (call `init_from_features` once they are known).
+- `mlp`: Linear → BatchNorm → ReLU → Linear down to `dim`, randomly initialised.
+
+Linear heads remember their starting weights and carry a `blend` weight in [0, 1]: the
+weights used are start + blend · (trained − start), i.e. an interpolation in weight
+space between the untrained and the trained head. Blend 0 is the start (for `identity`,
+the bare backbone), 1 the trained head; the trainer measures every blend in between and
+the user picks one (the specialise ↔ generalise dial)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..choices import HEADS as HEAD_NAMES
+from ..errors import ModelError
+
+
+class BlendableLinear(nn.Linear):
+    """A linear layer that can be interpolated back toward its starting weights.
+
+    Buffers `start_weight`, `start_bias` (the weights it was initialised with, saved in
+    checkpoints) and `blend` (0-d): the effective weights are
+    start + blend · (weight − start)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        self.register_buffer("start_weight", self.weight.detach().clone())
+        self.register_buffer("start_bias", self.bias.detach().clone())
+        self.register_buffer("blend", torch.ones(()))
+
+    @torch.no_grad()
+    def set_start(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Initialise both the trainable and the starting weights to (weight, bias)."""
+        for target in (self.weight, self.start_weight):
+            target.copy_(weight.to(target))
+        for target in (self.bias, self.start_bias):
+            target.copy_(bias.to(target))
+
+    def effective_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        blend = self.blend
+        if float(blend) == 1.0:
+            return self.weight, self.bias
+        weight = self.start_weight + blend * (self.weight - self.start_weight)
+        bias = self.start_bias + blend * (self.bias - self.start_bias)
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.effective_weights()
+        return F.linear(x, weight, bias)
+
+
+class SubspaceIdentity(nn.Module):
+    """The identity head: x ↦ x + blend · U(Δ·Uᵀx + c), the identity plus a trainable
+    map inside the span of U's k orthonormal columns (the leading principal directions of
+    the folder's features, set with `set_basis`).
+
+    It is a full-dimension linear map (I + UΔUᵀ, bias Uc) that starts as exactly the
+    identity (Δ = 0, c = 0: the bare backbone), so training can only be compared with,
+    and blended back toward, what the user had. Keeping the update in k = 128 leading
+    directions costs ~3·64·1280·128 ≈ 31 MFLOP a training step instead of ~315 for a
+    free 1280×1280 map, and 0.7 MB in a checkpoint instead of 6.5; the metric learning
+    happens in those directions anyway. `blend` interpolates between the start (0) and
+    the trained map (1); weight decay pulls Δ and c back toward the start."""
+
+    def __init__(self, feature_dim: int, rank: int) -> None:
+        super().__init__()
+        rank = min(rank, feature_dim)
+        self.register_buffer("basis", torch.zeros(feature_dim, rank))  # zero: no subspace yet
+        self.delta = nn.Parameter(torch.zeros(rank, rank))
+        self.shift = nn.Parameter(torch.zeros(rank))
+        self.register_buffer("blend", torch.ones(()))
+
+    @torch.no_grad()
+    def set_basis(self, basis: torch.Tensor) -> None:
+        """Orthonormal columns (feature_dim, rank) spanning the trainable subspace."""
+        if basis.shape != self.basis.shape:
+            raise ModelError(f"basis must have shape {tuple(self.basis.shape)}, got {tuple(basis.shape)}")
+        self.basis.copy_(basis.to(self.basis))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inner = torch.addmm(self.shift, x @ self.basis, self.delta.t())
+        blend = float(self.blend)
+        return torch.addmm(x, inner, self.basis.t()) if blend == 1.0 else torch.addmm(x, inner, self.basis.t(), alpha=blend)
+
+    @torch.no_grad()
+    def as_matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of the full-dimension linear map it applies."""
+        eye = torch.eye(self.basis.shape[0], dtype=self.basis.dtype, device=self.basis.device)
+        blend = float(self.blend)
+        return eye + blend * (self.basis @ self.delta @ self.basis.t()), blend * (self.basis @ self.shift)
+
+
+IDENTITY_RANK = 128  # dimension of the identity head's trainable subspace
+
+
+def _identity_head(feature_dim: int, dim: int) -> nn.Module:
+    return SubspaceIdentity(feature_dim, IDENTITY_RANK)
+
+
+def _linear_head(feature_dim: int, dim: int) -> nn.Module:
+    return BlendableLinear(feature_dim, dim)
+
+
+def _mlp_head(feature_dim: int, dim: int) -> nn.Module:
+    hidden = max(dim, min(feature_dim, 512))
+    return nn.Sequential(nn.Linear(feature_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    name: str
+    build: Callable[[int, int], nn.Module]  # (feature_dim, dim) -> module
+    full_dimension: bool  # output length is feature_dim, whatever `dim` says
+    starts_as_backbone: bool  # untrained, it gives exactly the backbone's features
+    feature_init: bool  # wants `init_from_features(head, training features)`
+    blendable: bool  # has a starting point to interpolate back to
+    summary: str
+
+    def output_dim(self, feature_dim: int, dim: int) -> int:
+        return feature_dim if self.full_dimension else dim
+
+
+HEADS: dict[str, HeadSpec] = {
+    spec.name: spec
+    for spec in (
+        HeadSpec("identity", _identity_head, True, True, True, True, "full-dimension linear map starting as the identity (= the backbone), trained in the features' leading directions"),
+        HeadSpec("linear", _linear_head, False, False, True, True, "linear map to `dim`, starting as the PCA of the training features"),
+        HeadSpec("mlp", _mlp_head, False, False, False, False, "two-layer MLP to `dim`, random start"),
+    )
+}
+assert tuple(HEADS) == HEAD_NAMES, "choices.HEADS and networks.heads.HEADS must list the same heads"
+DEFAULT_HEAD = "identity"
+
+
+def get_head_spec(kind: str) -> HeadSpec:
+    if kind not in HEADS:
+        raise ModelError(f"unknown head '{kind}' (choose from {', '.join(HEADS)}, none)")
+    return HEADS[kind]
+
+
+def make_head(kind: str | None, feature_dim: int, dim: int) -> nn.Module | None:
+    """The head called `kind` (see `HEADS`), or no head for None / "none"."""
+    if kind is None or kind == "none":
+        return None
+    return get_head_spec(kind).build(feature_dim, dim)
+
+
+BLENDABLE = (BlendableLinear, SubspaceIdentity)
+
+
+def set_blend(head: nn.Module | None, blend: float) -> None:
+    """Interpolate a blendable head between its start (0) and its trained weights (1)."""
+    if not 0.0 <= float(blend) <= 1.0:
+        raise ModelError(f"blend must be between 0 and 1, got {blend}")
+    if not isinstance(head, BLENDABLE):
+        if float(blend) != 1.0:
+            raise ModelError("only linear heads (identity, linear) can be blended toward their start")
+        return
+    head.blend.fill_(float(blend))
+
+
+def get_blend(head: nn.Module | None) -> float:
+    return float(head.blend) if isinstance(head, BLENDABLE) else 1.0
+
+
+def is_blendable(head: nn.Module | None) -> bool:
+    return isinstance(head, BLENDABLE)
+
+
+@torch.no_grad()
+def init_from_features(head: nn.Module, features: torch.Tensor) -> None:
+    """Fit a head's start to the folder's features (N, feature_dim), no labels needed.
+
+    `linear`: the PCA projection (rows = the top principal directions, bias −W·mean),
+    which keeps the pretrained geometry up to the dropped directions. `identity`: its
+    trainable subspace = the leading principal directions; the map stays the identity."""
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ModelError(f"initialising a head needs features of shape (N ≥ 2, D), got {tuple(features.shape)}")
+    features = features.detach().to("cpu", torch.float64)
+    mean = features.mean(0)
+    if isinstance(head, SubspaceIdentity):
+        if features.shape[1] != head.basis.shape[0]:
+            raise ModelError(f"features have {features.shape[1]} dimensions, the head expects {head.basis.shape[0]}")
+        head.set_basis(principal_directions(features - mean, head.basis.shape[1]).t())
+        return
+    if not isinstance(head, BlendableLinear):
+        raise ModelError("PCA initialisation needs a linear head")
+    if features.shape[1] != head.in_features:
+        raise ModelError(f"PCA initialisation needs features of shape (N ≥ 2, {head.in_features}), got {tuple(features.shape)}")
+    rows = principal_directions(features - mean, head.out_features)
+    head.set_start(rows, -rows @ mean)
+
+
+def principal_directions(centred: torch.Tensor, count: int) -> torch.Tensor:
+    """`count` orthonormal rows, the leading principal directions of `centred` first.
+
+    Fewer samples than dimensions give fewer directions: the rest is completed with an
+    orthonormal basis of their complement. Beyond the feature dimension no orthonormal
+    rows exist, so extra rows are zero (the map stays an isometry, and they still train).
+    Each direction's sign is fixed (largest-magnitude entry positive) for determinism."""
+    feature_dim = centred.shape[1]
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    rows = vh[: min(count, feature_dim)]
+    rows = rows * torch.sign(rows.gather(1, rows.abs().argmax(1, keepdim=True)))
+    missing = min(count, feature_dim) - len(rows)
+    if missing:
+        rows = torch.cat([rows, _orthonormal_complement(rows, missing)])
+    if count > feature_dim:
+        rows = torch.cat([rows, rows.new_zeros(count - feature_dim, feature_dim)])
+    return rows
+
+
+def _orthonormal_complement(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """`count` orthonormal rows orthogonal to the orthonormal `rows`."""
+    generator = torch.Generator().manual_seed(0)
+    extra = torch.randn(rows.shape[1], count, generator=generator, dtype=rows.dtype)
+    q, _ = torch.linalg.qr(torch.cat([rows.t(), extra], dim=1))
+    return q[:, len(rows):].t()

@@ -1,0 +1,126 @@
+"""The fast loop of quick mode: a head trained on cached backbone features.
+
+Everything per step is small (a 64-row batch through one linear map, a 64×64 distance
+matrix), so the loop is built for per-step overhead: features stay in one tensor, valid
+triplets of a P×K batch are cached by the miner, the optimizer is fused where torch has
+one, the work runs on one thread (`threads.py`), and progress is reported a few times a
+second rather than every step. Validation and checkpoints are the caller's business,
+at steps it chooses (`eval_at`)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from ..data.sampler import PKSampler
+from ..data.triplets import sample_random_triplets
+from ..errors import RetrievalAppError
+from ..losses import OnlineTripletLoss, triplet_margin_loss
+from .config import TrainConfig
+
+PROGRESS_INTERVAL_S = 0.2  # how often the loop reports loss and speed
+
+ProgressFn = Callable[["StepStats"], None]
+EvalFn = Callable[[int, float], None]  # (step, elapsed seconds of this run)
+
+
+@dataclass
+class StepStats:
+    step: int  # steps done in this run
+    loss: float  # mean since the last report
+    active_fraction: float
+    images: int  # images seen in this run
+    elapsed_s: float
+
+
+class TrainingStopped(Exception):
+    """Raised inside the loop when the caller's cancel event is set."""
+
+
+def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise RetrievalAppError("nothing to train: the head has no trainable parameters")
+    try:  # the fused CPU kernel halves the optimizer's share of a tiny step
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def batch_indices(labels: torch.Tensor, config: TrainConfig, seed: int) -> Iterator[torch.Tensor]:
+    """An endless stream of index batches: P×K batches for online mining, or
+    [anchors | positives | negatives] of random triplets for mining="random"."""
+    if config.mining == "random":
+        generator = torch.Generator().manual_seed(seed)
+        per_batch = max(1, config.batch_size // 3)
+        while True:
+            yield sample_random_triplets(labels, per_batch, generator).t().reshape(-1)
+    k = config.samples_per_class
+    sampler = PKSampler(labels.tolist(), max(2, config.batch_size // k), k, seed=seed, batches_per_epoch=1 << 62)
+    for batch in sampler:
+        yield torch.as_tensor(batch, dtype=torch.long)
+
+
+class HeadLoop:
+    """Trains `net`'s head on (features, labels) with the config's loss and mining."""
+
+    def __init__(self, net, features: torch.Tensor, labels: torch.Tensor, config: TrainConfig, *, lr: float, seed: int, cancel: threading.Event | None = None) -> None:
+        self.net = net
+        self.features = features.contiguous()
+        self.labels = labels
+        self.config = config
+        self.cancel = cancel or threading.Event()
+        self.optimizer = make_optimizer(net.head.parameters(), lr, config.weight_decay)
+        self.batches = batch_indices(labels.cpu(), config, seed)
+        self.loss_fn = None if config.mining == "random" else OnlineTripletLoss(config.mining, margin=config.margin, distance=config.distance, reduction=config.reduction)
+        self.steps = 0
+        self.images = 0
+
+    def run(self, *, steps: int | None = None, deadline: float | None = None, eval_at: Callable[[int, float], bool] | None = None,
+            on_eval: EvalFn | None = None, on_progress: ProgressFn | None = None) -> int:
+        """Train until `steps` more steps are done or `time.monotonic()` passes
+        `deadline`; calls `on_eval(step, elapsed)` where `eval_at(step, elapsed)` says so.
+        Raises `TrainingStopped` when cancelled. Returns the steps done in this run."""
+        if steps is None and deadline is None:
+            raise ValueError("give steps, a deadline or both")
+        started = time.monotonic()
+        target = self.steps + steps if steps is not None else math.inf
+        last_report, losses, actives = started, [], []
+        self.net.train()
+        while self.steps < target and (deadline is None or time.monotonic() < deadline):
+            if self.cancel.is_set():
+                raise TrainingStopped()
+            loss, active = self.step()
+            losses.append(loss)
+            actives.append(active)
+            now = time.monotonic()
+            if on_progress is not None and (now - last_report >= PROGRESS_INTERVAL_S or self.steps == target):
+                on_progress(StepStats(self.steps, float(torch.stack(losses).mean()), sum(actives) / len(actives), self.images, now - started))
+                last_report, losses, actives = now, [], []
+            if on_eval is not None and eval_at is not None and eval_at(self.steps, now - started):
+                on_eval(self.steps, now - started)
+                self.net.train()
+        return self.steps
+
+    def step(self) -> tuple[torch.Tensor, float]:
+        index = next(self.batches)
+        embeddings = self.net.embed_features(self.features[index])
+        if self.loss_fn is None:
+            anchors, positives, negatives = embeddings.chunk(3)
+            loss = triplet_margin_loss(anchors, positives, negatives, margin=self.config.margin, distance=self.config.distance, reduction="none")
+            active = float((loss > 0).float().mean())
+            loss = loss.mean() if self.config.reduction == "mean" else loss.sum()
+        else:
+            out = self.loss_fn(embeddings, self.labels[index])
+            loss, active = out.loss, out.active_fraction
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.steps += 1
+        self.images += len(index)
+        return loss.detach(), float(active)

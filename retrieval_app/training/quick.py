@@ -1,0 +1,300 @@
+"""Quick mode: a head on frozen, cached backbone features, chosen by class folds and
+refitted on everything.
+
+1. **Select.** For each class fold (`folds.py`) the head trains from its start on the
+   other classes; at a series of steps it is measured, at every blend between its start
+   and its trained weights, on held-out images of its classes (`seen`) and on the fold's
+   classes (`unseen`). Under a time budget the first fold sets the length (it trains
+   until its share of the budget is used) and the others repeat it.
+2. **Recommend.** Averaged over the folds these measurements are the dial (`dial.py`):
+   the recommended point is the best for the user's classes among those that do not
+   make unseen classes worse than the bare backbone; none such means "keep the backbone".
+3. **Refit.** The head trains from its start on *all* images and classes for the
+   recommended length, and is blended as recommended (or as the user chose). At query
+   time every class of the folder has been seen, so nothing is held back from the model
+   the user gets; the fold averages are reported as its expected quality."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.scan import ImageRecord
+from ..data.split import Split, split_records
+from ..metrics import retrieval_metrics
+from ..networks.heads import is_blendable
+from ..threads import workload_threads
+from .config import TrainConfig
+from .dial import BLENDS, Dial, DialPoint, best_seen, mean_or_none, recommend
+from .events import TrainEvent
+from .folds import class_folds
+from .head_loop import HeadLoop, StepStats
+from .progress import ProgressClock
+
+# Fractions of a run's length (or of its time) at which it is measured.
+EVAL_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 7 / 8, 1.0)
+MIN_QUICK_STEPS = 200  # even a tiny folder gets this many steps per run
+VALIDATION_SETS = ("val_seen", "val_unseen")
+
+Emit = Callable[[TrainEvent], None]
+
+
+@dataclass
+class FeatureTable:
+    """Cached backbone features of the folder's readable images, addressable by record."""
+
+    records: list[ImageRecord]
+    features: torch.Tensor  # (N, feature_dim), float32
+    labels: torch.Tensor  # (N,), int64
+    row_of: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.row_of = {record.id: row for row, record in enumerate(self.records)}
+
+    def rows(self, records: Sequence[ImageRecord]) -> torch.Tensor:
+        return torch.as_tensor([self.row_of[r.id] for r in records if r.id in self.row_of], dtype=torch.long)
+
+
+@dataclass
+class QuickOutcome:
+    dial: Dial
+    history: list[dict[str, Any]]
+    refit_steps: int
+    blend: float | None  # None: nothing was refitted (the backbone is kept)
+    stopped_because: str
+
+
+def head_net_factory(base, config: TrainConfig, init_features: torch.Tensor, device) -> Callable[[], torch.nn.Module]:
+    """A function that returns `base`'s frozen backbone under a fresh head at its start
+    (the same start every call): what each fold and the refit train. `init_features`
+    (the folder's backbone features; no labels) fit the head's start: the PCA of a
+    `linear` head, the subspace an `identity` head trains in."""
+    from ..networks import EmbeddingNet
+    from ..networks.heads import get_head_spec, init_from_features, make_head
+
+    kind = config.resolved_head()
+    spec = get_head_spec(kind)
+    feature_dim = base.spec.feature_dim
+    start = make_head(kind, feature_dim, config.dim)
+    if spec.feature_init:
+        init_from_features(start, init_features)
+    start_state = {key: value.clone() for key, value in start.state_dict().items()}
+
+    def make_net() -> EmbeddingNet:
+        torch.manual_seed(config.seed)
+        head = make_head(kind, feature_dim, config.dim)
+        head.load_state_dict(start_state)
+        net = EmbeddingNet(base.spec, base.backbone, head.to(device), head_kind=kind, dim=spec.output_dim(feature_dim, config.dim), normalize=config.normalize)
+        net.backbone_frozen = True
+        return net
+
+    return make_net
+
+
+class QuickProtocol:
+    def __init__(self, config: TrainConfig, make_net: Callable[[], torch.nn.Module], table: FeatureTable, *,
+                 lr: float, metric_distance: str, cancel: threading.Event, emit: Emit) -> None:
+        self.config = config
+        self.make_net = make_net  # a fresh network whose head is at its start
+        self.table = table
+        self.lr = lr
+        self.metric_distance = metric_distance
+        self.cancel = cancel
+        self.emit = emit
+        self.history: list[dict[str, Any]] = []
+        self.clock: ProgressClock | None = None
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> tuple[QuickOutcome, torch.nn.Module | None]:
+        with workload_threads("head"):
+            folds = self._folds()
+            dial = self._select(folds) if folds else Dial(None, None, note="too few images to validate: nothing was held out")
+            steps, blend = self._choice(dial)
+            net = None
+            if blend is not None:
+                net = self._refit(steps)
+                net.set_blend(blend)
+                dial.chosen = dial.nearest(blend=blend, step=steps) or DialPoint(steps, blend, None, None)
+            stopped = "time budget reached" if self.config.time_budget else "finished"
+            return QuickOutcome(dial, self.history, steps, blend, stopped), net
+
+    def _folds(self) -> list[Split]:
+        records = self.table.records
+        folds = class_folds(records, self.config.folds, val_fraction=self.config.val_fraction, seed=self.config.seed)
+        if not folds:  # fewer than three classes: the user's classes can still be checked
+            split = split_records(records, val_fraction=self.config.val_fraction, unseen_class_fraction=0.0, seed=self.config.seed)
+            folds = [split] if split.val_seen else []
+        return [fold for fold in folds if len({r.label for r in fold.train}) >= 2]
+
+    # ----------------------------------------------------------- 1. selection
+    def _select(self, folds: list[Split]) -> Dial:
+        per_fold = []
+        baselines = [self._baseline(fold) for fold in folds]
+        eval_steps: list[int] | None = None
+        fold_budget = self.config.time_budget / (len(folds) + 1) if self.config.time_budget else None
+        planned = None if fold_budget else self._planned_steps(len(folds[0].train))
+        self.clock = ProgressClock(None if fold_budget else planned * (len(folds) + 1), self.config.time_budget)
+        for number, fold in enumerate(folds, start=1):
+            self._phase(f"fold {number}/{len(folds)}: training on {len(fold.train)} images, validating on {len(fold.val_seen)} held-out images and {len(fold.val_unseen)} images of {len(fold.unseen_classes)} held-out classes")
+            rows, steps_done = self._train_fold(number, fold, eval_steps, fold_budget if eval_steps is None else None, planned)
+            per_fold.append(rows)
+            if eval_steps is None:
+                eval_steps = [row["step"] for row in rows]
+                if fold_budget and self.clock is not None:
+                    self.clock.total_steps = steps_done * (len(folds) + 1)
+        return self._dial(per_fold, baselines, len(folds) if folds[0].val_unseen else 0)
+
+    def _planned_steps(self, n_train: int) -> int:
+        epochs = self.config.resolved_epochs()
+        return max(MIN_QUICK_STEPS, int(np.ceil(epochs * n_train / self.config.batch_size)))
+
+    def _train_fold(self, number: int, fold: Split, eval_steps: list[int] | None, budget: float | None, planned: int | None):
+        net = self.make_net()
+        train_rows = self.table.rows(fold.train)
+        loop = HeadLoop(net, self.table.features[train_rows], self.table.labels[train_rows], self.config, lr=self.lr, seed=self.config.seed + number, cancel=self.cancel)
+        rows = [self._measure(net, fold, number, 0, 0.0)]
+        if eval_steps is not None:
+            wanted = set(eval_steps)
+            marks = lambda step, _elapsed: step in wanted  # noqa: E731
+            loop.run(steps=max(eval_steps), eval_at=marks, on_eval=lambda s, e: rows.append(self._measure(net, fold, number, s, e)), on_progress=self._progress(f"fold {number}"))
+            return rows, loop.steps
+        if budget is not None:
+            times = iter([budget * f for f in EVAL_FRACTIONS[:-1]] + [float("inf")])
+            next_time = [next(times)]
+
+            def by_time(_step, elapsed):
+                if elapsed >= next_time[0]:
+                    next_time[0] = next(times)
+                    return True
+                return False
+
+            deadline = time.monotonic() + budget
+            loop.run(deadline=deadline, eval_at=by_time, on_eval=lambda s, e: rows.append(self._measure(net, fold, number, s, e)), on_progress=self._progress(f"fold {number}"))
+        else:
+            marks_set = {max(1, round(planned * f)) for f in EVAL_FRACTIONS}
+            loop.run(steps=planned, eval_at=lambda s, _e: s in marks_set, on_eval=lambda s, e: rows.append(self._measure(net, fold, number, s, e)), on_progress=self._progress(f"fold {number}"))
+        if rows[-1]["step"] != loop.steps:
+            rows.append(self._measure(net, fold, number, loop.steps, None))
+        return rows, loop.steps
+
+    @torch.no_grad()
+    def _measure(self, net, fold: Split, fold_number: int, step: int, elapsed: float | None) -> dict[str, Any]:
+        """MAP@R and P@1 of the head at every blend, on both validation sets."""
+        net.eval()
+        blends = BLENDS if is_blendable(net.head) else (1.0,)
+        row: dict[str, Any] = {"fold": fold_number, "step": step, "elapsed_s": elapsed, "blends": {}}
+        for blend in blends:
+            net.set_blend(blend)
+            row["blends"][blend] = {name: self._metrics(net.embed_features(self.table.features[self.table.rows(getattr(fold, name))]), getattr(fold, name)) for name in VALIDATION_SETS}
+        net.set_blend(1.0)
+        self.history.append({"phase": "select", **row})
+        trained = row["blends"][1.0]
+        self.emit(TrainEvent(
+            "epoch", phase=f"validated fold {fold_number} at step {step}", epoch=len(self.history), step=self.clock.steps if self.clock else 0,
+            total_steps=self.clock.total_steps if self.clock else None, fraction=self.clock.fraction() if self.clock else 0.0,
+            eta_s=self.clock.eta_s() if self.clock else None,
+            metrics={"fold": fold_number, "step": step, "epoch": len(self.history), **{name: trained[name] for name in VALIDATION_SETS if trained[name]},
+                     "map_at_r": mean_or_none(trained[n]["map_at_r"] for n in VALIDATION_SETS if trained[n]),
+                     "precision_at_1": mean_or_none(trained[n]["precision_at_1"] for n in VALIDATION_SETS if trained[n])},
+        ))
+        return row
+
+    def _metrics(self, embeddings: torch.Tensor, records: Sequence[ImageRecord]) -> dict[str, float] | None:
+        labels = self.table.labels[self.table.rows(records)]
+        if len(labels) < 2:
+            return None
+        metrics = retrieval_metrics(embeddings, labels, distance=self.metric_distance)
+        if not metrics.get("n_queries"):
+            return None
+        return {"map_at_r": float(metrics["map_at_r"]), "precision_at_1": float(metrics["precision_at_1"])}
+
+    @torch.no_grad()
+    def _baseline(self, fold: Split) -> dict[str, dict | None]:
+        """The bare backbone's features, L2-normalised: what the user has without us."""
+        out = {}
+        for name in VALIDATION_SETS:
+            records = getattr(fold, name)
+            out[name] = self._metrics(F.normalize(self.table.features[self.table.rows(records)], dim=1), records)
+        return out
+
+    # ------------------------------------------------------ 2. recommendation
+    def _dial(self, per_fold: list[list[dict]], baselines: list[dict], n_class_folds: int) -> Dial:
+        def mean_of(rows, blend, name, key):
+            return mean_or_none((row["blends"].get(blend, {}).get(name) or {}).get(key) for row in rows)
+
+        base = {(name, key): mean_or_none((b[name] or {}).get(key) for b in baselines) for name in VALIDATION_SETS for key in ("map_at_r", "precision_at_1")}
+
+        def worst_gain(rows, blend):
+            gains = [(row["blends"].get(blend, {}).get("val_unseen") or {}).get("map_at_r") for row in rows]
+            gains = [g - (b["val_unseen"] or {}).get("map_at_r", g) for g, b in zip(gains, baselines) if g is not None]
+            return min(gains) if gains else None
+
+        points = []
+        for position in range(min(len(fold) for fold in per_fold)):  # steps every fold measured
+            first = per_fold[0][position]
+            rows = [fold[position] for fold in per_fold]
+            for blend in first["blends"]:
+                points.append(DialPoint(
+                    step=first["step"], blend=float(blend),
+                    seen=mean_of(rows, blend, "val_seen", "map_at_r"), unseen=mean_of(rows, blend, "val_unseen", "map_at_r"),
+                    seen_p1=mean_of(rows, blend, "val_seen", "precision_at_1"), unseen_p1=mean_of(rows, blend, "val_unseen", "precision_at_1"),
+                    elapsed_s=first["elapsed_s"], unseen_worst_gain=worst_gain(rows, blend),
+                ))
+        dial = Dial(
+            base[("val_seen", "map_at_r")], base[("val_unseen", "map_at_r")], points, n_folds=n_class_folds,
+            baseline_seen_p1=base[("val_seen", "precision_at_1")], baseline_unseen_p1=base[("val_unseen", "precision_at_1")],
+        )
+        dial.recommended = recommend(points, dial.baseline_seen, dial.baseline_unseen)
+        if not n_class_folds:
+            dial.note = "fewer than three classes: the effect on classes it never saw cannot be estimated"
+        return dial
+
+    def _choice(self, dial: Dial) -> tuple[int, float | None]:
+        """(refit length, blend); blend None = keep the backbone, refit nothing."""
+        if not dial.points:  # nothing could be validated: train the default length, unchecked
+            return self._planned_steps(len(self.table.records)), 1.0
+        fixed = self.config.blend
+        if fixed is not None:
+            best = dial.recommended or best_seen(dial.points)
+            return (best.step if best else self._planned_steps(len(self.table.records))), float(fixed)
+        if dial.recommended is None:
+            return 0, None
+        return dial.recommended.step, dial.recommended.blend
+
+    # ------------------------------------------------------------- 3. refit
+    def _refit(self, steps: int) -> torch.nn.Module:
+        self._phase(f"refitting on all {len(self.table.records)} images of {len(set(self.table.labels.tolist()))} classes for {steps} steps")
+        net = self.make_net()
+        loop = HeadLoop(net, self.table.features, self.table.labels, self.config, lr=self.lr, seed=self.config.seed, cancel=self.cancel)
+        if self.clock is not None and self.clock.total_steps is not None:
+            self.clock.total_steps = self.clock.steps + steps
+        loop.run(steps=steps, on_progress=self._progress("refit"))
+        net.eval()
+        return net
+
+    # ----------------------------------------------------------------- events
+    def _progress(self, label: str) -> Callable[[StepStats], None]:
+        last = {"step": 0, "images": 0}
+
+        def report(stats: StepStats) -> None:
+            clock = self.clock
+            if clock is not None:
+                clock.tick_many(stats.step - last["step"], stats.images - last["images"])
+            last["step"], last["images"] = stats.step, stats.images
+            self.emit(TrainEvent(
+                "step", phase=f"training ({label})", epoch=len(self.history), step=clock.steps if clock else stats.step,
+                total_steps=clock.total_steps if clock else None, fraction=clock.fraction() if clock else 0.0,
+                loss=stats.loss, active_fraction=stats.active_fraction,
+                images_per_s=stats.images / max(stats.elapsed_s, 1e-9), eta_s=clock.eta_s() if clock else None,
+            ))
+
+        return report
+
+    def _phase(self, text: str) -> None:
+        self.emit(TrainEvent("phase", phase=text, message=text))
