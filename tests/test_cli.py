@@ -61,10 +61,12 @@ def test_bad_argument_values_exit_nonzero(folder, capsys, tmp_path):
 
 def test_train_then_eval_json(folder, tmp_path, capsys):
     out = tmp_path / "models" / "shapes"
-    assert main(["train", str(folder), "--out", str(out), "--epochs", "2", "--dim", "16", "--batch-size", "16", "--workers", "0"]) == 0
+    # The shapes are told apart perfectly by the backbone already, so the folds would
+    # keep it; --blend 1 keeps the trained head anyway (the dial's other end).
+    assert main(["train", str(folder), "--out", str(out), "--epochs", "2", "--blend", "1", "--batch-size", "16", "--workers", "0"]) == 0
     captured = capsys.readouterr()
-    assert "epoch 2" in captured.err and "MAP@R" in captured.err
-    assert "model:" in captured.out
+    assert "fold 3 step" in captured.err and "MAP@R" in captured.err
+    assert "dial at" in captured.out and "<- kept" in captured.out and "model:" in captured.out
 
     assert main(["eval", str(folder), "--model", str(out), "--json"]) == 0
     trained = json.loads(capsys.readouterr().out)
@@ -77,3 +79,11 @@ def test_train_then_eval_json(folder, tmp_path, capsys):
     # models/NAME resolves through the models directory as well
     assert main(["eval", str(folder), "--model", "shapes", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["map_at_r"] == pytest.approx(trained["map_at_r"])
+
+
+def test_train_keeps_the_backbone_when_nothing_beats_it(folder, tmp_path, capsys):
+    out = tmp_path / "models" / "perfect"
+    assert main(["train", str(folder), "--out", str(out), "--epochs", "2", "--batch-size", "16", "--workers", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "Kept the backbone" in captured.out and "none saved" in captured.out
+    assert not (out / "model.pt").exists()

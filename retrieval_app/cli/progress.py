@@ -75,12 +75,15 @@ class TrainingProgressPrinter:
 
     def _epoch(self, event: "TrainEvent") -> None:
         m = event.metrics
-        label = "start" if event.epoch == 0 else f"epoch {event.epoch}"
-        parts = [f"{label:>9}", f"loss {_fmt(m.get('loss'), '.4f')}", f"active {_fmt(m.get('active_fraction'), '.2f')}"]
+        if "fold" in m:  # quick mode: one line per measurement of a class fold's run
+            parts = [f"fold {m['fold']} step {m.get('step', 0):>5}"]
+        else:
+            label = "start" if event.epoch == 0 else f"epoch {event.epoch}"
+            parts = [f"{label:>9}", f"loss {_fmt(m.get('loss'), '.4f')}", f"active {_fmt(m.get('active_fraction'), '.2f')}"]
         for set_name, short in (("val_seen", "seen"), ("val_unseen", "unseen")):
             if set_name in m:
                 parts.append(f"{short} P@1 {_fmt(m[set_name]['precision_at_1'])} MAP@R {_fmt(m[set_name]['map_at_r'])}")
-        if event.eta_s is not None and event.epoch:
+        if event.eta_s is not None and (event.epoch or "fold" in m):
             parts.append(f"ETA {event.eta_s:.0f}s")
         self._write(" | ".join(parts))
 

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             cancel.set()
             raise
     print(printable(result.summary))
-    if result.dial is not None:
+    if result.dial is not None and result.dial.points:
         print(dial_table(result.dial))
     print(f"model: {printable(result.model_path) if result.model_path else 'none saved (the backbone stays the better choice)'}")
     return 0

@@ -30,21 +30,25 @@ def eligible_classes(records: Sequence[ImageRecord]) -> list[str]:
 
 
 def fold_count(n_classes: int, wanted: int) -> int:
-    """How many class folds `n_classes` allow (each must leave two classes to train on);
-    0 when no class can be held out."""
-    return max(0, min(wanted, n_classes - MIN_FOLD_TRAIN_CLASSES))
+    """How many class folds `n_classes` allow: one class group per fold, and every fold
+    must leave two classes to train on; 0 when no class can be held out."""
+    if n_classes < MIN_FOLD_TRAIN_CLASSES + 1:
+        return 0
+    return max(0, min(wanted, n_classes))
 
 
 def class_folds(records: Sequence[ImageRecord], n_folds: int, *, val_fraction: float = 0.2, seed: int = 0) -> list[Split]:
-    """`n_folds` splits (fewer when there are few classes; possibly none): in fold i the
-    classes dealt to i are `val_unseen`; every other class gives `val_fraction` of its
-    images to `val_seen` and the rest to `train`."""
+    """Up to `n_folds` splits (fewer when there are few classes; none below three): the
+    classes are dealt into that many groups; in fold i group i is `val_unseen`, and every
+    other class gives `val_fraction` of its images to `val_seen` and the rest to `train`."""
     classes = eligible_classes(records)
-    n_folds = fold_count(len(classes), n_folds)
+    groups = fold_count(len(classes), n_folds)
     ranked = sorted(classes, key=lambda name: (rank_key(seed, "fold-class", name), name))
     folds = []
-    for fold in range(n_folds):
-        held_out = set(ranked[fold::n_folds])
+    for fold in range(groups):
+        held_out = set(ranked[fold::groups])
+        if len(classes) - len(held_out) < MIN_FOLD_TRAIN_CLASSES:
+            continue
         unseen = [r for r in records if r.class_name in held_out]
         rest = split_records([r for r in records if r.class_name not in held_out], val_fraction=val_fraction, unseen_class_fraction=0.0, seed=seed)
         folds.append(Split(rest.train, rest.val_seen, sorted(unseen, key=lambda r: r.id)))
