@@ -122,3 +122,27 @@ def test_from_embeddings_without_a_network(gallery):
         plain.neighbours_of_images([gallery.records[0].path])
     with pytest.raises(RetrievalAppError, match="records but"):
         Gallery.from_embeddings(gallery.root, gallery.records[:3], gallery.classes, gallery.embeddings)
+
+
+def test_from_features_applies_the_head_to_cached_features_without_the_backbone(folder, net, tmp_path):
+    """A new head on the same backbone: the gallery comes from the feature cache and the
+    head alone, with the vectors that embedding the images gives."""
+    from retrieval_app.retrieval.cache import cached_embeddings
+
+    scan = scan_folder(folder)
+    cache = tmp_path / "cache"
+    cached_embeddings(net, scan, output="features", cache_dir=cache, device="cpu")  # what training leaves behind
+    calls = []
+    hook = net.backbone.register_forward_hook(lambda module, inputs, output: calls.append(len(output)))
+    try:
+        steps = []
+        via_features = Gallery.build(scan, net, cache_dir=cache, device="cpu", from_features=True, progress=lambda d, t: steps.append((d, t)))
+        assert calls == []  # no image went through the backbone
+        from_images = Gallery.build(scan, net, cache_dir=cache, device="cpu")
+        assert sum(calls) == len(scan.records)  # the reference did
+    finally:
+        hook.remove()
+    assert steps == [(24, 24)] and via_features.n_cached == 24 and via_features.n_computed == 0
+    assert [r.id for r in via_features.records] == [r.id for r in from_images.records]
+    np.testing.assert_allclose(via_features.embeddings, from_images.embeddings, atol=1e-5)
+    assert via_features.embeddings.shape == (24, 16)

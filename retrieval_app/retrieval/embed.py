@@ -307,3 +307,20 @@ def embed_images(net, images, *, device=None, output: str = "embeddings", batch_
             tensors = [transform(load_image(image, max_side=max_side)) for image in images[start:start + batch_size]]
             chunks.append(run_forward(forward, torch.stack(tensors), device))
     return np.concatenate(chunks) if chunks else _empty_rows(0, output_dim(net, output))
+
+
+def embeddings_from_features(net, features: np.ndarray, *, batch_size: int = 4096, device=None) -> np.ndarray:
+    """Backbone features (N, feature_dim) → the network's embeddings (N, D) float32: its
+    head and normalisation only (`net.embed_features`), no image is decoded. For a head
+    on a frozen backbone this equals embedding the images (`forward` = `embed_features`
+    of `features`), at the cost of a matrix product."""
+    features = np.asarray(features, dtype=np.float32)
+    if not hasattr(net, "embed_features"):
+        raise RetrievalAppError(f"{type(net).__name__} cannot embed backbone features")
+    device = _resolve_device(device)
+    chunks = []
+    with _eval_mode(net, device), torch.inference_mode():
+        for start in range(0, len(features), batch_size):
+            chunk = torch.from_numpy(features[start:start + batch_size]).to(device)
+            chunks.append(net.embed_features(chunk).float().cpu().numpy())
+    return np.concatenate(chunks) if chunks else _empty_rows(0, output_dim(net, "embeddings"))

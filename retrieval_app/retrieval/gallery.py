@@ -15,7 +15,7 @@ import numpy as np
 from ..data.scan import ImageRecord, ScanResult
 from ..errors import RetrievalAppError
 from .cache import cached_embeddings
-from .embed import ProgressFn, embed_images
+from .embed import ProgressFn, embed_images, embeddings_from_features
 from .search import NearestNeighbourIndex, build_index, search_distance
 
 
@@ -71,15 +71,23 @@ class Gallery:
         device=None,
         batch_size: int = 32,
         num_workers: int | None = None,
+        from_features: bool = False,
     ) -> "Gallery":
         """Embed `scan`'s images with `net` (through the cache) and index them. `distance`
         is the one the model was trained with (`checkpoint_distance`); images that
-        cannot be read are left out and listed in `failures`."""
-        result = cached_embeddings(net, scan, cache_dir=cache_dir, device=device, progress=progress, cancel=cancel, batch_size=batch_size, num_workers=num_workers)
+        cannot be read are left out and listed in `failures`.
+
+        `from_features`: for a head on a frozen pretrained backbone (quick mode). The
+        backbone's pooled features come from the feature cache that training filled
+        (only new or changed files go through the backbone) and the head is applied to
+        them: a switch to a new head costs a matrix product, not a pass over the images."""
+        output = "features" if from_features else "embeddings"
+        result = cached_embeddings(net, scan, output=output, cache_dir=cache_dir, device=device, progress=progress, cancel=cancel, batch_size=batch_size, num_workers=num_workers)
         ok = np.flatnonzero(result.ok)
         if len(ok) == 0:
             raise RetrievalAppError(f"none of the {len(scan.records)} images in {scan.root} could be embedded")
-        gallery = cls.from_embeddings(scan.root, [scan.records[i] for i in ok], scan.classes, result.embeddings[ok], distance=distance, net=net, backend=backend, device=device)
+        vectors = embeddings_from_features(net, result.embeddings[ok], device=device) if from_features else result.embeddings[ok]
+        gallery = cls.from_embeddings(scan.root, [scan.records[i] for i in ok], scan.classes, vectors, distance=distance, net=net, backend=backend, device=device)
         gallery.failures = result.failures
         gallery.n_cached, gallery.n_computed, gallery.n_removed = result.n_cached, result.n_computed, result.n_removed
         return gallery

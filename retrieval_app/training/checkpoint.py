@@ -261,3 +261,24 @@ def estimate_metrics(point) -> dict[str, Any]:
         "val_seen_precision_at_1": point.seen_p1, "val_unseen_precision_at_1": point.unseen_p1,
         "step": point.step, "blend": point.blend,
     }
+
+
+def is_head_only(spec: str | Path) -> bool:
+    """True for a checkpoint that stores a head on the pretrained backbone (quick mode):
+    its images' backbone features are shared with the bare backbone and every other such
+    head, so it embeds a folder from the feature cache (`Gallery.build(from_features=True)`)."""
+    if is_backbone_name(spec):
+        return False
+    return isinstance(load_checkpoint(resolve_checkpoint_path(spec)).get("backbone"), dict)
+
+
+def checkpoint_dial(spec: str | Path):
+    """The dial a quick-mode checkpoint was chosen on (`training.dial.Dial`), or None."""
+    if is_backbone_name(spec):
+        return None
+    dial = load_checkpoint(resolve_checkpoint_path(spec)).get("dial")
+    if not isinstance(dial, dict):
+        return None
+    from .dial import Dial
+
+    return Dial.from_dict(dial)
