@@ -29,7 +29,7 @@ K = 5
 LOGIN = ("alice", "pa55word")
 SHARE_MAX_FILE_BYTES = 2 * 1024**2
 ENDPOINTS = {"/load_folder", "/upload_folder", "/set_map_method", "/neighbours_of_point", "/query_image", "/set_k",
-             "/train", "/cancel_training", "/training_status", "/delete_model", "/list_models"}
+             "/train", "/cancel_training", "/training_status", "/preview_blend", "/set_blend", "/delete_model", "/list_models"}
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,9 @@ from .events import EventCallback, TrainEvent, ignore_event
 from .trainer import Trainer, TrainResult
 
 STATES = ("idle", "running", "done", "cancelled", "failed")
+# A cancel before the trainer had a result (scanning, the first features): the same words
+# as the trainer's own "nothing was saved" outcome.
+CANCELLED_EARLY = "Cancelled before training started: nothing was saved, and the model in use is unchanged."
 
 
 @dataclass
@@ -91,7 +94,7 @@ class TrainingJob:
             state = "cancelled" if result.stopped_because == "cancelled" else "done"
             self._finish(state, message=result.summary, result=result)
         except TrainingCancelled:
-            self._finish("cancelled", message="training was cancelled before it started learning")
+            self._finish("cancelled", message=CANCELLED_EARLY)
         except RetrievalAppError as exc:
             self._finish("failed", message=str(exc), error=str(exc))
         except Exception as exc:  # a bug or an environment fault: keep the detail for the user

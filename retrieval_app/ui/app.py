@@ -20,6 +20,7 @@ from ..paths import models_dir, sample_data_dir
 from ..retrieval.projection import METHODS
 from ..training import delete_checkpoint, list_checkpoints
 from ..training.config import MODES
+from . import dial as dial_view
 from .access import DataRoots, expire_uploads, extract_upload
 from .plot import PLOT_CSS, PLOT_JS, PLOT_TEMPLATE, map_figure_json
 from .served import served_root
@@ -34,6 +35,9 @@ INTRO = """# Image similarity search
 DISTANCES = ["euclidean", "squared_euclidean", "cosine", "linf"]
 METHOD_LABELS = {"umap": "UMAP", "pca": "PCA", "tsne": "t-SNE"}
 PLOTLY_JS = Path(__import__("plotly").__file__).parent / "package_data" / "plotly.min.js"
+# The training form's blend: the dial's recommended point, or one fixed in advance.
+RECOMMENDED = "recommended"
+BLEND_CHOICES = [("recommended (the folds choose)", RECOMMENDED), ("0 · the backbone", "0"), ("0.25", "0.25"), ("0.5", "0.5"), ("0.75", "0.75"), ("1 · the fine-tuned head", "1")]
 
 
 @dataclass
@@ -195,33 +199,52 @@ def redraw(state: SessionState | None):
     return _map_value(state) if state is not None else ""
 
 
-def start_training(state: SessionState | None, backbone, mode, distance, margin, mining, epochs, budget, name):
-    """Start a `TrainingJob` on the loaded folder and switch the progress timer on."""
+def start_training(state: SessionState | None, backbone, mode, distance, margin, mining, epochs, budget, name, blend=RECOMMENDED):
+    """Start a `TrainingJob` on the loaded folder and switch the progress timer on.
+    `blend`: "recommended" (the dial's recommended point), or 0…1 to keep that point."""
     if state is None or state.gallery is None:
         return state, "**Error:** load a folder first", gr.Timer(active=False)
     try:
         state.start_training(
             backbone=backbone, mode=mode, distance=distance, margin=float(margin), mining=mining,
             epochs=int(epochs) if epochs else None, time_budget=float(budget) if budget else None, name=name,
+            blend=_blend_choice(blend),
         )
     except Exception as exc:
         return state, _error(exc), gr.Timer(active=False)
     return state, "Training started…", gr.Timer(active=True)
 
 
+def _blend_choice(blend) -> float | None:
+    if blend in (None, "", RECOMMENDED):
+        return None
+    try:
+        return float(blend)
+    except (TypeError, ValueError):
+        raise RetrievalAppError(f"blend must be 'recommended' or a number from 0 to 1, not {blend!r}") from None
+
+
+CANCEL_WAIT_S = 0.9  # a cancel answers with the outcome when the run stops this soon
+
+
 def cancel_training(state: SessionState | None):
-    """Ask the running job to stop; the timer shows when it has."""
+    """Ask the running job to stop and wait a moment for it: most runs stop within a
+    step, so the answer is the outcome itself; the timer's next tick settles the rest
+    (the table, the dial, a switch to a model a full run kept)."""
     if state is None or state.job is None or not state.job.running:
         return "Nothing is training."
     state.job.cancel()
-    return "Cancelling…"
+    snap = state.job.wait(CANCEL_WAIT_S)
+    return _status_text(snap) if snap.finished else "Cancelling…"
 
 
 def _status_text(snap) -> str:
     if snap.state == "failed":
         return f"**Error:** training failed: {md_escape(snap.error)}"
     epochs = f"/{snap.epochs}" if snap.epochs else ""
-    parts = [f"**{snap.state}**" + (f" · {snap.phase}" if snap.phase and snap.phase != snap.state else ""), f"epoch {snap.epoch}{epochs}", f"{100 * snap.fraction:.0f} %"]
+    parts = [f"**{snap.state}**" + (f" · {md_escape(snap.phase)}" if snap.phase and snap.phase != snap.state else "")]
+    if snap.epoch or snap.step or snap.fraction:  # before the first step the phase says it all
+        parts += [f"epoch {snap.epoch}{epochs}", f"{100 * snap.fraction:.0f} %"]
     if snap.loss_history:
         parts.append(f"loss {snap.loss_history[-1][1]:.4f}")
     if snap.active_history:
@@ -232,7 +255,7 @@ def _status_text(snap) -> str:
         parts.append(f"ETA {snap.eta_s:.0f} s")
     text = " · ".join(parts)
     if snap.finished and snap.message:
-        text += f"\n\n{snap.message}"
+        text += f"\n\n{md_escape(snap.message)}"
     return text
 
 
@@ -256,6 +279,10 @@ def _validation(snap) -> go.Figure:
 
 
 def _before_after(result) -> list[list]:
+    """Before (the bare backbone; from scratch, the untrained start) and after (the kept
+    model; quick mode: fold estimates), and which one is in use now."""
+    if not result.before and not result.after:  # stopped before anything was measured
+        return []
     rows = []
     for key, label in (("precision_at_1", "P@1 (mean)"), ("map_at_r", "MAP@R (mean)"), ("val_seen_map_at_r", "MAP@R held-out images"), ("val_unseen_map_at_r", "MAP@R held-out classes")):
         before, after = result.before.get(key), result.after.get(key)
@@ -269,42 +296,94 @@ def _fmt(value) -> str:
 
 
 def poll_training(state: SessionState | None):
-    """Timer tick: progress while running; stops itself when the run has ended."""
+    """Timer tick: progress while running; stops itself when the run has ended. Then one
+    outcome: the status with the run's summary, the before/after table, the dial; and
+    only when the run saved a model, the switch of map and search to it."""
+    dial_skip = (gr.skip(),) * 4
     if state is None or state.job is None:
-        return state, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
+        return (state, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip(), *dial_skip)
     snap = state.job.snapshot()
     status, curves, validation = _status_text(snap), _curves(snap), _validation(snap)
     if not snap.finished:
-        return state, status, curves, validation, gr.skip(), gr.Timer(active=True), gr.skip()
-    table, adopt = gr.skip(), gr.skip()
-    if snap.result is not None:
-        table = _before_after(snap.result)
-        if not state.job_consumed:  # a new value fires `adopt_trained_model` once
-            status += "\n\nSwitching the map and search to the trained model…"
-            adopt = f"{snap.result.out_dir}|{snap.started_at}"  # unique per run, even in the same folder
-    return state, status, curves, validation, table, gr.Timer(active=False), adopt
+        return (state, status, curves, validation, gr.skip(), gr.Timer(active=True), gr.skip(), *dial_skip)
+    table, adopt = (_before_after(snap.result) if snap.result is not None else []), gr.skip()
+    first = not state.job_consumed
+    switch_to = state.take_outcome(snap)
+    if switch_to is not None:  # a new value fires `adopt_trained_model` once
+        status += "\n\nSwitching the map and search to the trained model…"
+        adopt = f"{switch_to}|{snap.started_at}"  # unique per run, even in the same folder
+    dial = _dial_updates(state) if first else dial_skip
+    return (state, status, curves, validation, table, gr.Timer(active=False), adopt, *dial)
 
 
 def adopt_trained_model(state: SessionState | None, progress=gr.Progress()):
-    """After a finished run: re-embed the folder with the kept model and redraw the map,
-    once per run."""
+    """After a run that saved a model: the folder's images under it (a quick-mode head
+    on the features cached by training, no image decoded) and the map redrawn, once per run."""
     nothing = (state, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
     if state is None or state.job is None or state.job_consumed or state.gallery is None:
         return nothing
     snap = state.job.snapshot()
-    if not snap.finished or snap.result is None:
+    if not snap.finished or snap.result is None or snap.result.model_path is None:
         return nothing
     state.job_consumed = True
     status = _status_text(snap)
     spec = str(snap.result.out_dir)
     try:
-        state.load(state.gallery.root, spec, lambda f, text: progress(f, desc=text))
+        state.switch_model(spec, lambda f, text: progress(f, desc=text))
         state.project(state.method)
     except Exception as exc:  # the previous model stays in use
         return state, status + f"\n\n{_error(exc)}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    status += f"\n\nThe map and search now use `{snap.result.out_dir.name}`."
-    checkpoints = _checkpoint_choices()
-    return state, status, _map_value(state), gr.update(choices=_model_choices(), value=spec), models_table(), gr.update(choices=checkpoints)
+    status += f"\n\nThe map and search now use `{md_escape(snap.result.out_dir.name)}`."
+    return state, status, _map_value(state), gr.update(choices=_model_choices(), value=spec), models_table(), gr.update(choices=_checkpoint_choices())
+
+
+# ------------------------------------------------------------------ the dial
+def _dial_updates(state: SessionState) -> tuple:
+    """The dial's box, figure, slider and words for the session's dial (hidden without one)."""
+    dial = state.dial
+    if dial is None:
+        return gr.update(visible=False), None, gr.skip(), ""
+    blend = dial_view.initial_blend(dial)
+    slider = gr.update(value=blend, interactive=dial_view.is_blendable(dial))
+    return gr.update(visible=True), dial_view.dial_figure(dial, blend), slider, dial_view.dial_text(dial, blend, saved=state.dial_model is not None)
+
+
+def preview_blend(state: SessionState | None, blend: float):
+    """The slider moved: the dial with that point marked, and its two estimates in words."""
+    if state is None or state.dial is None:
+        return gr.skip(), "No dial yet: it comes with a quick-mode training run."
+    return dial_view.dial_figure(state.dial, blend), dial_view.dial_text(state.dial, blend, saved=state.dial_model is not None)
+
+
+def keep_dial_point(state: SessionState | None, blend: float, progress=gr.Progress()):
+    """"Keep this point": a saved model takes the slider's blend and the map and search
+    switch to it; when the run kept the backbone, a new run trains with this blend."""
+    skip5 = (gr.skip(),) * 5
+    if state is None or state.dial is None:
+        return (state, "No dial yet: it comes with a quick-mode training run.", gr.skip(), *skip5, gr.skip())
+    try:
+        job = state.keep_dial_point(float(blend), lambda f, text: progress(f, desc=text))
+        if job is None:
+            state.project(state.method)
+    except Exception as exc:
+        return (state, _error(exc), gr.skip(), *skip5, gr.skip())
+    if job is not None:  # nothing was saved: the run with this blend reports through the timer
+        return (state, f"Training again with blend {float(blend):g}…", gr.skip(), f"Training again with blend {float(blend):g}…", gr.Timer(active=True), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+    spec = str(state.dial_model)
+    words = dial_view.dial_text(state.dial, blend, saved=True) + f" The map and search now use `{md_escape(state.dial_model.name)}` at blend {float(blend):g}."
+    return (state, words, dial_view.dial_figure(state.dial, blend), gr.skip(), gr.skip(), _map_value(state),
+            gr.update(choices=_model_choices(), value=spec), models_table(), gr.update(choices=_checkpoint_choices()))
+
+
+def show_model_dial(state: SessionState | None, spec: str | None):
+    """A checkpoint chosen in the Models section and put to use: its dial, if it has one."""
+    if state is None or not spec or state.model_spec != spec:
+        return (state, *(gr.skip(),) * 4)
+    try:
+        found = state.show_dial_of(spec)
+    except Exception:  # a damaged checkpoint was already reported by the load
+        return (state, *(gr.skip(),) * 4)
+    return (state, *(_dial_updates(state) if found is not None else (gr.skip(),) * 4))
 
 
 def models_table() -> list[list]:
@@ -437,13 +516,22 @@ def build_app(config: AppConfig) -> gr.Blocks:
                 epochs = gr.Number(label="Epochs", value=None, precision=0, minimum=0, info="0 or empty: the default, or as many as the time budget allows")
                 budget = gr.Number(label="Time budget, s (optional)", value=None, info="0 or empty: no limit")
                 name = gr.Textbox(label="Model name (optional)", value="")
+                blend = gr.Dropdown(label="Blend (quick mode)", choices=BLEND_CHOICES, value=RECOMMENDED, elem_id="train-blend", info="where on the dial to land: 0 = the backbone, 1 = the fine-tuned head")
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
             train_status = gr.Markdown("Not training.", elem_id="train-status")
             with gr.Row():
                 loss_plot = gr.Plot(label="Loss")
                 val_plot = gr.Plot(label="Validation")
-            before_after = gr.Dataframe(headers=["metric", "start", "trained"], label="Before / after", elem_id="before-after", interactive=False)
+            before_after = gr.Dataframe(headers=["metric", "before (backbone)", "after"], label="Before / after", elem_id="before-after", interactive=False)
+            # The specialise <-> generalise dial of a quick-mode run: shown when there is one.
+            with gr.Group(visible=False, elem_id="dial") as dial_box:
+                with gr.Row():
+                    dial_plot = gr.Plot(label="The dial", elem_id="dial-plot", scale=3)
+                    with gr.Column(scale=2):
+                        dial_blend = gr.Slider(0, 1, value=1, step=dial_view.BLEND_STEP, label="Blend: 0 = the backbone, 1 = the fine-tuned head", elem_id="dial-blend")
+                        dial_words = gr.Markdown("", elem_id="dial-text", latex_delimiters=[])
+                        keep_point = gr.Button("Keep this point", elem_id="dial-keep")
         with gr.Accordion("5 · Models", open=False):
             models = gr.Dataframe(headers=["name", "MAP@R", "P@1", "backbone", "mining", "path"], label="Models", interactive=False)  # filled when the page opens
             with gr.Row():
@@ -471,11 +559,15 @@ def build_app(config: AppConfig) -> gr.Blocks:
         # Raw upload, decoded by the app (query_input.py); two decodes at a time at most.
         query.upload(query_image, [state, query, k], [state, gallery, result], preprocess=False, concurrency_limit=2, concurrency_id="query_image", api_name="query_image").then(redraw, state, plot, **private)
         k.change(change_k, [state, k], [state, gallery, result, plot], trigger_mode="always_last", api_name="set_k")
-        start.click(start_training, [state, backbone, mode, distance, margin, mining, epochs, budget, name], [state, train_status, timer], api_name="train")
-        cancel.click(cancel_training, state, train_status, concurrency_limit=None, api_name="cancel_training")
-        timer.tick(poll_training, state, [state, train_status, loss_plot, val_plot, before_after, timer, adopt], concurrency_limit=None, show_progress="hidden", api_name="training_status")
-        adopt.change(adopt_trained_model, state, [state, train_status, plot, model, models, chosen], concurrency_limit=2, **private).then(model_lists, model, lists, **private)
-        use.click(lambda m: gr.update(value=m) if m else gr.skip(), chosen, model, **private).then(partial(load_folder, config), load_inputs, [state, load_status, plot], **private)
+        start.click(start_training, [state, backbone, mode, distance, margin, mining, epochs, budget, name, blend], [state, train_status, timer], api_name="train")
+        cancel.click(cancel_training, state, train_status, concurrency_limit=None, show_progress="hidden", api_name="cancel_training")
+        dial_outputs = [dial_box, dial_plot, dial_blend, dial_words]
+        timer.tick(poll_training, state, [state, train_status, loss_plot, val_plot, before_after, timer, adopt, *dial_outputs], concurrency_limit=None, show_progress="hidden", api_name="training_status")
+        # One progress bar, on the status line (not one per output).
+        adopt.change(adopt_trained_model, state, [state, train_status, plot, model, models, chosen], concurrency_limit=2, show_progress_on=[train_status], **private).then(model_lists, model, lists, **private)
+        dial_blend.change(preview_blend, [state, dial_blend], [dial_plot, dial_words], show_progress="hidden", api_name="preview_blend")
+        keep_point.click(keep_dial_point, [state, dial_blend], [state, dial_words, dial_plot, train_status, timer, plot, model, models, chosen], concurrency_limit=2, show_progress_on=[dial_words], api_name="set_blend")
+        use.click(lambda m: gr.update(value=m) if m else gr.skip(), chosen, model, **private).then(partial(load_folder, config), load_inputs, [state, load_status, plot], **private).then(show_model_dial, [state, model], [state, *dial_outputs], **private)
         remove.click(partial(ask_to_delete, config), chosen, [models_status, confirm_row, confirm_text], **private)
         confirm_yes.click(partial(delete_model, config), [chosen, model], [models_status, models, chosen, model, confirm_row], api_name="delete_model")
         confirm_no.click(hide_confirmation, None, confirm_row, **private)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +17,9 @@ from ..errors import RetrievalAppError
 from ..paths import cache_dir, models_dir
 from ..retrieval import Gallery, Neighbour, Projection, compute_projection
 from ..thumbnails import ensure_thumbnails
-from ..training import TrainConfig, TrainingJob, checkpoint_distance, load_embedder
+from ..training import JobSnapshot, TrainConfig, TrainingJob, checkpoint_distance, load_embedder
+from ..training.checkpoint import checkpoint_dial, is_head_only, set_checkpoint_blend
+from ..training.dial import Dial
 from .access import DataRoots
 from .query_input import read_query_image, uploaded_path
 from .served import ServedFiles
@@ -36,6 +38,12 @@ class SessionState:
     method: str = "umap"
     job: TrainingJob | None = None
     job_consumed: bool = False
+    # The specialise <-> generalise dial of the latest quick-mode run (or of a model picked
+    # in the Models section), the model it belongs to (None: the run kept the backbone and
+    # saved nothing) and that run's settings (to train again at another point).
+    dial: Dial | None = None
+    dial_model: Path | None = None
+    dial_config: TrainConfig | None = None
     query_point: np.ndarray | None = None  # map position of a dropped query
     highlight: tuple[int | None, list[int]] = (None, [])
     last_query: int | np.ndarray | None = None  # a point index or a dropped image's embedding
@@ -49,9 +57,20 @@ class SessionState:
         scan = scan_folder(folder)
         if roots is not None:
             scan = roots.keep_inside(scan)
+        self._use(scan, model_spec, progress)
+
+    def switch_model(self, model_spec: str, progress: Progress) -> None:
+        """The loaded folder's images (the same scan, so share mode's root check stands)
+        under another model, e.g. the one a training run just kept. A head trained in quick
+        mode is applied to the backbone features cached by training: no image is decoded."""
+        if self.scan is None:
+            raise RetrievalAppError("load a folder first")
+        self._use(self.scan, model_spec, progress)
+
+    def _use(self, scan: ScanResult, model_spec: str, progress: Progress) -> None:
         progress(0.02, f"loading model {model_spec}")
         net = load_embedder(model_spec)
-        gallery = Gallery.build(scan, net, distance=checkpoint_distance(model_spec), progress=lambda d, t: progress(0.05 + 0.75 * d / max(t, 1), f"embedding {d}/{t} images"))
+        gallery = Gallery.build(scan, net, distance=checkpoint_distance(model_spec), from_features=is_head_only(model_spec), progress=lambda d, t: progress(0.05 + 0.75 * d / max(t, 1), f"embedding {d}/{t} images"))
         progress(0.8, "making thumbnails")
         thumbs = self.served.publish(ensure_thumbnails(gallery.records, progress=lambda d, t: progress(0.8 + 0.15 * d / max(t, 1), f"thumbnails {d}/{t}")))
         self.scan, self.gallery, self.thumbs, self.model_spec = scan, gallery, thumbs, model_spec
@@ -131,14 +150,59 @@ class SessionState:
     def start_training(self, **settings) -> TrainingJob:
         """Start a background `TrainingJob` on the loaded folder; one per session at a time."""
         gallery = self.require_gallery()
-        if self.job is not None and self.job.running:
-            raise RetrievalAppError("a training run is already going; cancel it first")
         # Default name: folder and start time, so a second run never overwrites the first.
         name = settings.pop("name", None) or f"{gallery.root.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         config = TrainConfig(folder=str(gallery.root), out_dir=str(models_dir() / _safe_name(name)), **settings)
+        return self._start(config)
+
+    def _start(self, config: TrainConfig) -> TrainingJob:
+        if self.job is not None and self.job.running:
+            raise RetrievalAppError("a training run is already going; cancel it first")
         self.job = TrainingJob(config).start()
         self.job_consumed = False
         return self.job
+
+    def take_outcome(self, snap: JobSnapshot) -> Path | None:
+        """Once per finished run: remember its dial, and say which model to switch to (the
+        folder of the model it saved), or None when nothing was saved (cancelled, failed,
+        or the backbone was kept): then the run is settled here and nothing switches."""
+        if self.job_consumed or not snap.finished:
+            return None
+        result = snap.result
+        if result is not None and (result.dial is not None or result.model_path is not None):
+            self.dial = result.dial
+            self.dial_model = result.out_dir if result.model_path is not None else None
+            self.dial_config = self.job.config if self.job is not None else None
+        if result is None or result.model_path is None:
+            self.job_consumed = True
+            return None
+        return result.out_dir
+
+    def show_dial_of(self, model_spec: str) -> Dial | None:
+        """The dial of a saved quick-mode model (picked in the Models section), if it has one."""
+        dial = checkpoint_dial(model_spec)
+        if dial is not None:
+            self.dial, self.dial_model, self.dial_config = dial, Path(model_spec), None
+        return dial
+
+    def keep_dial_point(self, blend: float, progress: Progress) -> TrainingJob | None:
+        """Keep the dial's point at `blend`. A saved model gets that blend (its checkpoint
+        is rewritten) and the map and search switch to it. When the run kept the backbone
+        (nothing saved), a new run starts with the same settings and this blend, so the
+        user can specialise anyway; it is returned."""
+        if self.dial is None:
+            raise RetrievalAppError("no dial yet: it comes with a quick-mode training run")
+        if not 0.0 <= blend <= 1.0:
+            raise RetrievalAppError(f"blend must be between 0 and 1, not {blend}")
+        if self.dial_model is None:
+            if self.dial_config is None:
+                raise RetrievalAppError("nothing was saved and the run's settings are gone: start a new run")
+            return self._start(replace(self.dial_config, blend=float(blend)))
+        payload = set_checkpoint_blend(self.dial_model, float(blend))
+        if isinstance(payload.get("dial"), dict):
+            self.dial = Dial.from_dict(payload["dial"])
+        self.switch_model(str(self.dial_model), progress)
+        return None
 
 
 def _decode_max_side(net) -> int | None:
