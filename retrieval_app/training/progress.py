@@ -45,3 +45,29 @@ class ProgressClock:
         if self.time_budget:
             fractions.append(self.elapsed / self.time_budget)
         return min(max(fractions), 1.0) if fractions else 0.0
+
+
+class PassProgress:
+    """Progress of one pass over images outside the training steps (backbone features,
+    a validation pass): a `(done, total)` callback that reports "label: done/total
+    images, about N s left" through `report(text)` after every batch. Rows served from a
+    cache (the first call's `done`) do not count toward the speed."""
+
+    def __init__(self, label: str, report, clock=time.monotonic) -> None:
+        self.label = label
+        self.report = report
+        self.clock = clock
+        self.started = clock()
+        self.first_done: int | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.first_done is None:
+            self.first_done, self.started = done, self.clock()
+        self.report(self.text(done, total))
+
+    def text(self, done: int, total: int) -> str:
+        text = f"{self.label}: {done}/{total} images"
+        computed, elapsed = done - (self.first_done or 0), self.clock() - self.started
+        if 0 < done < total and computed > 0 and elapsed > 0:
+            text += f", about {elapsed / computed * (total - done):.0f} s left"
+        return text

@@ -21,14 +21,26 @@ from .config import FROM_SCRATCH_BACKBONES, TrainConfig
 VALIDATION_SETS = ("val_seen", "val_unseen")
 
 
+# A pass over images (backbone features, validation) → its `(done, total)` progress callback.
+PassProgressFactory = Callable[[str], Callable[[int, int], None]]
+# Validation images per forward pass on a CPU: a cancel waits for at most one batch.
+CPU_VALIDATION_BATCH = 16
+
+
+def _no_progress(_label: str) -> None:
+    return None
+
+
 class _Source:
-    def __init__(self, *, config: TrainConfig, net, split, device: torch.device, cancel: threading.Event, on_phase: Callable[[str], None]) -> None:
+    def __init__(self, *, config: TrainConfig, net, split, device: torch.device, cancel: threading.Event, on_phase: Callable[[str], None],
+                 on_pass: PassProgressFactory = _no_progress) -> None:
         self.config = config
         self.net = net
         self.split = split
         self.device = device
         self.cancel = cancel
         self.on_phase = on_phase
+        self.on_pass = on_pass  # progress of each pass over images, batch by batch
         self.generator = torch.Generator().manual_seed(config.seed)
         self.train_labels = torch.as_tensor([r.label for r in split.train], dtype=torch.long)
         self._features: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -43,7 +55,8 @@ class _Source:
         """One cached pass over the whole folder (so the cache mirrors the folder),
         then sliced into the splits; unreadable files drop out here."""
         parts = {name: getattr(self.split, name) for name in ("train", *VALIDATION_SETS)}
-        records, features = extract_features(self.net, [r for part in parts.values() for r in part], device=self.device, cancel=self.cancel, num_workers=self.config.num_workers, on_phase=self.on_phase)
+        records, features = extract_features(self.net, [r for part in parts.values() for r in part], device=self.device, cancel=self.cancel,
+                                             num_workers=self.config.num_workers, on_phase=self.on_phase, progress=self.on_pass("backbone features"))
         row_of = {r.id: i for i, r in enumerate(records)}
         out = {}
         for name, part in parts.items():
@@ -147,26 +160,34 @@ class FullSource(_Source):
         from ..retrieval.embed import embed_records
 
         out = {}
+        # One count over both sets, reported after every batch; a cancel stops at the next batch.
+        total, done, report = sum(len(getattr(self.split, name)) for name in VALIDATION_SETS), 0, self.on_pass("validation images")
+        if report is not None:
+            report(0, total)
         for set_name in VALIDATION_SETS:
             records = getattr(self.split, set_name)
             if not records:
                 out[set_name] = (np.empty((0, 1)), np.empty(0, dtype=np.int64))
                 continue
-            result = embed_records(self.net, records, device=self.device, cancel=self.cancel, num_workers=self.config.num_workers)
+            progress = None if report is None else (lambda d, _t, offset=done: report(offset + d, total))
+            batch = CPU_VALIDATION_BATCH if self.device.type == "cpu" else 32
+            result = embed_records(self.net, records, device=self.device, cancel=self.cancel, num_workers=self.config.num_workers, progress=progress, batch_size=batch)
+            done += len(records)
             ok = np.asarray(result.ok, dtype=bool)
             labels = np.asarray([r.label for r in records], dtype=np.int64)[ok]
             out[set_name] = (result.embeddings[ok], labels)
         return out
 
 
-def extract_features(net, records, *, device, cancel, num_workers, on_phase) -> tuple[list, torch.Tensor]:
+def extract_features(net, records, *, device, cancel, num_workers, on_phase, progress=None) -> tuple[list, torch.Tensor]:
     """The backbone's pooled features of `records` through the on-disk embedding cache:
     (the readable records, their features as one float32 tensor). Unreadable files are
-    reported through `on_phase` and left out."""
+    reported through `on_phase` and left out; `progress(done, total)` follows every
+    batch, and a set `cancel` stops the pass at the next batch."""
     from ..retrieval.cache import cached_embeddings
 
     on_phase(f"extracting backbone features of {len(records)} images (cached after the first run)")
-    result = cached_embeddings(net, records, output="features", device=device, cancel=cancel, num_workers=num_workers)
+    result = cached_embeddings(net, records, output="features", device=device, cancel=cancel, num_workers=num_workers, progress=progress)
     for path, reason in result.failures:
         on_phase(f"skipped unreadable image {path}: {reason}")
     ok = np.asarray(result.ok, dtype=bool)

@@ -41,7 +41,7 @@ from .config import FROM_SCRATCH_BACKBONES, TrainConfig
 from .dial import Dial
 from .events import EventCallback, TrainEvent, ignore_event
 from .head_loop import TrainingStopped
-from .progress import ProgressClock
+from .progress import PassProgress, ProgressClock
 from .quick import FeatureTable, QuickProtocol, head_net_factory
 from .sources import FullSource, extract_features
 
@@ -102,7 +102,8 @@ class Trainer:
             self._phase("quick mode takes seconds: starting over instead of resuming")
         base = create_model(cfg.backbone, dim=cfg.dim, normalize=cfg.normalize, pretrained=True, weights=cfg.weights, head=None).to(self.device)
         freeze_backbone(base, True)
-        records, features = extract_features(base, scan.records, device=self.device, cancel=self.cancel, num_workers=cfg.num_workers, on_phase=self._phase)
+        records, features = extract_features(base, scan.records, device=self.device, cancel=self.cancel, num_workers=cfg.num_workers, on_phase=self._phase,
+                                             progress=self._pass_progress("backbone features"))
         table = FeatureTable(records, features.to(self.device), torch.as_tensor([r.label for r in records], dtype=torch.long, device=self.device))
         head_kind = cfg.resolved_head()
         make_net = head_net_factory(base, cfg, table.features, self.device)
@@ -156,7 +157,7 @@ class Trainer:
         self._phase(f"{len(split.train)} training images, {len(split.val_seen)} held-out images of trained classes, {len(split.val_unseen)} images of held-out classes")
 
         net = create_model(cfg.backbone, dim=cfg.dim, normalize=cfg.normalize, pretrained=True, weights=cfg.weights, head=cfg.resolved_head()).to(self.device)
-        source = FullSource(config=cfg, net=net, split=split, device=self.device, cancel=self.cancel, on_phase=self._phase)
+        source = FullSource(config=cfg, net=net, split=split, device=self.device, cancel=self.cancel, on_phase=self._phase, on_pass=self._pass_progress)
         resumed = self._try_resume(net) if cfg.resume else None
         if resumed is None and get_head_spec(cfg.resolved_head()).feature_init and cfg.backbone not in FROM_SCRATCH_BACKBONES:
             # Start as the pretrained geometry (PCA of its features, or the identity with
@@ -185,12 +186,15 @@ class Trainer:
         epoch = start_epoch - 1
         with workload_threads(network_workload(net.spec.input_size)):
             for epoch in range(start_epoch, total_epochs + 1):
-                self._phase(f"training epoch {epoch}")
+                self._note(f"training epoch {epoch}")  # a cancel here stops at the epoch's first batch
                 train_stats = self._train_epoch(net, source, loss_fn, optimizer, epoch, clock)
                 if train_stats.get("cancelled"):
                     stopped_because = "cancelled"
                     break
                 row = self._validate(net, source, epoch=epoch, train_stats=train_stats, clock=clock)
+                if row.get("cancelled"):  # during validation: the epochs kept so far stand
+                    stopped_because = "cancelled"
+                    break
                 best = self._maybe_keep(net, row, best, scan.classes)
                 ckpt.save_training_state(self.out_dir / ckpt.LAST_FILE, net, optimizer, epoch=epoch, history=self.history, best=best, train_config=cfg.to_dict(), classes=scan.classes, extra={"backbone_before": self.backbone_before})
                 if clock.out_of_time():
@@ -248,6 +252,8 @@ class Trainer:
                 else:
                     out = loss_fn(embeddings.float(), labels)
                     loss, active = out.loss, out.active_fraction
+            if self.cancel.is_set():  # the backward pass is the longer half of a step: skip it
+                return {"cancelled": True}
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -281,7 +287,12 @@ class Trainer:
     def _validate(self, net, source, *, epoch: int, train_stats: dict, clock: ProgressClock | None = None) -> dict[str, Any]:
         self._phase("validating" if epoch else "measuring the starting model")
         net.eval()
-        per_set = source.validation_embeddings()
+        try:
+            per_set = source.validation_embeddings()
+        except TrainingCancelled:
+            if not epoch:  # the start: nothing was kept yet
+                raise
+            return {"epoch": epoch, "cancelled": True}
         row: dict[str, Any] = {"epoch": epoch, **train_stats}
         scores = []
         for set_name, (embeddings, labels) in per_set.items():
@@ -349,6 +360,15 @@ class Trainer:
                             epochs_run=max(last_epoch, 0), stopped_because=stopped_because, summary=summary, model_path=model_path, dial=None)
 
     # ---------------------------------------------------------------- events
+    def _note(self, text: str) -> None:
+        """A phase that does not stop for a cancel (the next loop checks it)."""
+        self._emit(TrainEvent("phase", phase=text, message=text))
+
+    def _pass_progress(self, label: str) -> PassProgress:
+        """A pass over images (features, validation) reported batch by batch as the phase,
+        "label: done/total images, about N s left"."""
+        return PassProgress(label, lambda text: self._emit(TrainEvent("progress", phase=text)))
+
     def _phase(self, text: str) -> None:
         if self.cancel.is_set():
             raise TrainingCancelled("training was cancelled")
