@@ -114,14 +114,61 @@ def test_training_progress_and_cancel(page, server):
     page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('cancelled')", timeout=60_000)
 
 
+def choose(page, dropdown: str, option: str) -> None:
+    page.get_by_role("combobox", name=dropdown, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def wait_for_text(page, selector: str, text: str, timeout_ms: int = 240_000) -> None:
+    page.wait_for_function("([s, t]) => { const el = document.querySelector(s); return !!el && el.innerText.includes(t); }", arg=[selector, text], timeout=timeout_ms)
+
+
+def map_title(page) -> str:
+    return page.evaluate("() => document.querySelector('#embedding-plot .rmap-plot').layout.title.text")
+
+
 def test_training_to_completion_shows_before_after(page, server):
+    """The backbone already separates these photos, so the folds recommend keeping it;
+    blend 1 (the form's dial setting) keeps the fine-tuned head, and the page switches."""
+    open_app(page, server)
+    open_training(page)
+    page.get_by_label("Epochs", exact=True).fill("2")
+    choose(page, "Blend (quick mode)", "1 · the fine-tuned head")
+    page.locator("#train-start").click()
+    wait_for_text(page, "#train-status", "now use")
+    status = page.inner_text("#train-status")
+    assert status.count("Kept the fine-tuned") == 1 and "Switching" not in status
+    table = page.inner_text("#before-after")
+    assert "MAP@R" in table and "kept" in table and "✓" in table
+    # the dial: the kept point in words, plotted with the backbone and both curves
+    wait_for_text(page, "#dial-text", "on your classes")
+    assert "in use" in page.inner_text("#dial-text")
+    legend = page.inner_text("#dial-plot")
+    assert "backbone" in legend and "training time" in legend and "in use" in legend
+    page.wait_for_function("() => { const g = document.querySelector('#embedding-plot .rmap-plot'); return g.layout.title.text.includes('photos-') && g.__rmapReady; }", timeout=240_000)
+
+
+def test_a_run_that_keeps_the_backbone_says_so_and_keep_this_point_trains_anyway(page, server):
     open_app(page, server)
     open_training(page)
     page.get_by_label("Epochs", exact=True).fill("2")
     page.locator("#train-start").click()
-    page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('now use')", timeout=240_000)
-    table = page.inner_text("#before-after")
-    assert "MAP@R" in table and "kept" in table and "✓" in table
+    wait_for_text(page, "#train-status", "Kept the backbone")
+    page.wait_for_timeout(2500)  # a switch would have started by now
+    status = page.inner_text("#train-status")
+    assert status.count("Kept the backbone") == 1 and "Switching" not in status and "now use" not in status
+    assert "efficientnet_lite0" in map_title(page)
+    rows = page.inner_text("#before-after")
+    assert "kept" in rows and "✓" in rows
+    wait_for_text(page, "#dial-text", "Nothing was saved")
+    # specialise anyway: blend 1, "Keep this point" trains again and switches to the head
+    box = page.locator("#dial-blend input[type=number]")
+    box.fill("1")
+    box.press("Enter")
+    wait_for_text(page, "#dial-text", "Blend 1")
+    page.locator("#dial-keep").click()
+    wait_for_text(page, "#train-status", "now use")
+    page.wait_for_function("() => { const g = document.querySelector('#embedding-plot .rmap-plot'); return g.layout.title.text.includes('photos-') && g.__rmapReady; }", timeout=240_000)
 
 
 def test_files_outside_the_allowed_folders_are_refused(page, server, env, core_gallery):

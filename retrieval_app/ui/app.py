@@ -333,7 +333,7 @@ def adopt_trained_model(state: SessionState | None, progress=gr.Progress()):
         state.project(state.method)
     except Exception as exc:  # the previous model stays in use
         return state, status + f"\n\n{_error(exc)}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    status += f"\n\nThe map and search now use `{md_escape(snap.result.out_dir.name)}`."
+    status += f"\n\nThe map and search now use **{md_escape(snap.result.out_dir.name)}**."
     return state, status, _map_value(state), gr.update(choices=_model_choices(), value=spec), models_table(), gr.update(choices=_checkpoint_choices())
 
 
@@ -370,7 +370,7 @@ def keep_dial_point(state: SessionState | None, blend: float, progress=gr.Progre
     if job is not None:  # nothing was saved: the run with this blend reports through the timer
         return (state, f"Training again with blend {float(blend):g}…", gr.skip(), f"Training again with blend {float(blend):g}…", gr.Timer(active=True), gr.skip(), gr.skip(), gr.skip(), gr.skip())
     spec = str(state.dial_model)
-    words = dial_view.dial_text(state.dial, blend, saved=True) + f" The map and search now use `{md_escape(state.dial_model.name)}` at blend {float(blend):g}."
+    words = dial_view.dial_text(state.dial, blend, saved=True) + f" The map and search now use **{md_escape(state.dial_model.name)}** at blend {float(blend):g}."
     return (state, words, dial_view.dial_figure(state.dial, blend), gr.skip(), gr.skip(), _map_value(state),
             gr.update(choices=_model_choices(), value=spec), models_table(), gr.update(choices=_checkpoint_choices()))
 
@@ -531,7 +531,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
                     with gr.Column(scale=2):
                         dial_blend = gr.Slider(0, 1, value=1, step=dial_view.BLEND_STEP, label="Blend: 0 = the backbone, 1 = the fine-tuned head", elem_id="dial-blend")
                         dial_words = gr.Markdown("", elem_id="dial-text", latex_delimiters=[])
-                        keep_point = gr.Button("Keep this point", elem_id="dial-keep")
+                        keep_point = gr.Button("Keep this point", elem_id="dial-keep", size="md")
         with gr.Accordion("5 · Models", open=False):
             models = gr.Dataframe(headers=["name", "MAP@R", "P@1", "backbone", "mining", "path"], label="Models", interactive=False)  # filled when the page opens
             with gr.Row():

@@ -72,9 +72,22 @@ def dial_figure(dial: Dial, blend: float | None = None) -> go.Figure:
         figure.add_trace(_marker_trace(selected, f"selected (blend {selected.blend:g})", COLOURS["selected"], "x", 12))
     figure.update_layout(
         height=340, margin={"l": 50, "r": 10, "t": 30, "b": 40}, title={"text": "Your classes ↔ new classes (estimated MAP@R)", "font": {"size": 13}},
-        xaxis_title="on your classes", yaxis_title="on classes it never saw", legend={"orientation": "h", "y": -0.25}, uirevision="dial",
+        xaxis={"title": {"text": "on your classes"}, "range": _axis_range(figure, "x")},
+        yaxis={"title": {"text": "on classes it never saw"}, "range": _axis_range(figure, "y")},
+        legend={"orientation": "h", "y": -0.25}, uirevision="dial",
     )
     return figure
+
+
+def _axis_range(figure: go.Figure, axis: str) -> list[float] | None:
+    """The values drawn on `axis`, padded; a little room around a single value (plotly's
+    own would span 0 to 2 for points that all sit at 1.0)."""
+    values = [v for trace in figure.data for v in (getattr(trace, axis) or ()) if v is not None]
+    if not values:
+        return None
+    lo, hi = min(values), max(values)
+    pad = max(0.1 * (hi - lo), 0.01)
+    return [lo - pad, hi + pad]
 
 
 def _change(before: float | None, after: float | None) -> str:
