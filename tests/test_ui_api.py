@@ -191,6 +191,37 @@ def test_sessions_through_the_api_keep_their_own_folders(server, env, core_galle
     assert all(i.split("/")[0] in ("Leopards", "sunflower", "smuggled") for i in caption_ids(gallery))
 
 
+def poll_training(client: Client, done: str, timeout: float = 300) -> list:
+    """/training_status until its status has `done`; every output of the last poll."""
+    deadline = time.monotonic() + timeout
+    while True:
+        outputs = client.predict(api_name="/training_status")
+        if done in outputs[0]:
+            return outputs
+        assert time.monotonic() < deadline, outputs[0]
+        time.sleep(1.0)
+
+
+def test_training_and_its_dial_through_the_api(server, env):
+    client = loaded_client(server[1], env["folder"])
+    assert client.predict(1.0, api_name="/set_blend")[0].startswith("No dial yet")
+    # /train's last input, the blend, defaults to the dial's recommended point
+    started = client.predict("efficientnet_lite0", "quick", "euclidean", 0.2, "batch_all", 2, None, "api-run", api_name="/train")
+    assert started[0] == "Training started…"
+    outputs = poll_training(client, "Kept")
+    words = next(o for o in outputs if isinstance(o, str) and "on your classes" in o)
+    assert outputs[0].count("Kept") == 1 and "Switching" not in outputs[0], outputs[0]
+    _, preview = client.predict(1.0, api_name="/preview_blend")
+    assert preview.startswith("**Blend 1**") and "on new classes" in preview and preview != words
+    kept_backbone = "Kept the backbone" in outputs[0]
+    answer = client.predict(1.0, api_name="/set_blend")[0]
+    if kept_backbone:  # nothing was saved: the same settings train again at blend 1
+        assert answer == "Training again with blend 1…"
+        assert "Switching" in poll_training(client, "Kept the fine")[0]  # (Markdown: "fine\\-tuned")
+    else:  # the saved model moved to blend 1
+        assert "now use" in answer
+
+
 def test_uploads_are_limited_to_1_gib_per_file_by_default(server):
     assert server[0].max_file_size == MAX_UPLOAD_FILE_BYTES == 1024**3
 

@@ -210,3 +210,19 @@ def test_the_dial_in_words_gives_both_estimates_against_the_backbone():
     dial.recommended = dial.chosen = None
     assert "trains again with this blend" in dial_view.dial_text(dial, 1.0, saved=False)
     assert dial_view.initial_blend(dial) == 0.0 and dial_view.is_blendable(dial)
+
+
+def test_a_checkpoint_put_to_use_from_the_models_section_shows_its_dial(kept_head, env):
+    _, snap = kept_head
+    spec = str(snap.result.out_dir)
+    state = SessionState()
+    state.load(env["folder"], spec, no_progress)
+    _, box, figure, slider, words = ui_app.show_model_dial(state, spec)
+    assert box["visible"] is True and "Blend" in words and "in use" in words
+    assert slider["value"] == load_checkpoint(spec)["dial"]["chosen"]["blend"]
+    assert {t.name for t in figure.data} >= {"backbone", "in use"}
+    assert state.dial_model == Path(spec)
+    # a bare backbone has no dial: nothing changes
+    other = SessionState()
+    other.load(env["folder"], "efficientnet_lite0", no_progress)
+    assert ui_app.show_model_dial(other, "efficientnet_lite0")[1:] == (SKIP,) * 4 and other.dial is None
