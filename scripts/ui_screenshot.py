@@ -1,13 +1,17 @@
-"""Regenerates docs/screenshot.png: the app on sample_data/ after clicking a point.
+"""Regenerates docs/screenshot.png: the app on sample_data/ after clicking a point, and
+docs/dial.png: the fine-tune panel after a quick run on sample_data/ with its dial.
 
-    python scripts/ui_screenshot.py [--out docs/screenshot.png] [--query-class Leopards]
+    python scripts/ui_screenshot.py [--out docs/screenshot.png] [--query-class Leopards] [--dial-out docs/dial.png]
 
-Runs the app in-process on a free port and drives Debian's chromium headless."""
+Runs the app in-process on a free port and drives Debian's chromium headless. The
+training run's files go to a temporary models folder, never models/."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,15 +53,57 @@ def take(out: Path, query_class: str, width: int, height: int) -> None:
         demo.close()
 
 
+def take_dial(out: Path, width: int, height: int, blend: float = 1.0) -> None:
+    """A quick run with the default settings, then the dial's slider moved to `blend`."""
+    from playwright.sync_api import sync_playwright
+
+    from retrieval_app.paths import sample_data_dir
+    from retrieval_app.ui.launch import launch_app
+
+    port = ui_helpers.free_port()
+    demo = launch_app(folder=sample_data_dir(), port=port, open_browser=False, block=False)
+    try:
+        with sync_playwright() as p:
+            browser = ui_helpers.launch_chromium(p)
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(f"http://127.0.0.1:{port}")
+            ui_helpers.wait_for_map(page, timeout_ms=600_000)
+            header = page.get_by_text("4 · Fine-tune with a triplet loss")
+            header.click()
+            page.get_by_label("Model name (optional)").fill("sample")
+            page.locator("#train-start").click()
+            page.wait_for_function("() => /Kept|nothing was saved|Error/.test(document.querySelector('#train-status').innerText)", timeout=600_000)
+            box = page.locator("#dial-blend input[type=number]")
+            box.fill(f"{blend:g}")
+            box.press("Enter")
+            page.wait_for_function("(b) => document.querySelector('#dial-text').innerText.includes('Blend ' + b)", arg=f"{blend:g}", timeout=60_000)
+            page.wait_for_timeout(800)
+            # Bounding boxes are relative to the viewport; a full-page clip to the page.
+            scroll = page.evaluate("window.scrollY")
+            top, bottom = header.bounding_box(), page.locator("#dial-plot").bounding_box()
+            clip = {"x": 0, "y": scroll + top["y"] - 8, "width": width, "height": bottom["y"] + bottom["height"] - top["y"] + 16}
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(out), full_page=True, clip=clip)
+            browser.close()
+    finally:
+        demo.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
     parser.add_argument("--query-class", default="Leopards")
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=1100)
+    parser.add_argument("--dial-out", type=Path, default=None, help="also the fine-tune panel with its dial after a quick run")
     args = parser.parse_args()
     take(args.out, args.query_class, args.width, args.height)
     print(args.out)
+    if args.dial_out is not None:
+        with tempfile.TemporaryDirectory() as models:
+            os.environ["RETRIEVAL_APP_MODELS_DIR"] = models
+            take_dial(args.dial_out, args.width, args.height)
+        print(args.dial_out)
 
 
 if __name__ == "__main__":

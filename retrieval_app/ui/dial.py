@@ -62,7 +62,8 @@ def dial_figure(dial: Dial, blend: float | None = None) -> go.Figure:
     if dial.baseline_seen is not None:
         figure.add_trace(_marker_trace((dial.baseline_seen, dial.baseline_unseen), "backbone", COLOURS["backbone"], "square", 11))
     if dial.baseline_unseen is not None:  # below this line new classes get worse
-        figure.add_hline(y=dial.baseline_unseen, line={"color": COLOURS["backbone"], "dash": "dash", "width": 1})
+        figure.add_hline(y=dial.baseline_unseen, line={"color": COLOURS["backbone"], "dash": "dash", "width": 1},
+                         annotation_text="the backbone on new classes", annotation_position="bottom right", annotation_font={"size": 10, "color": COLOURS["backbone"]})
     if dial.recommended is not None:
         figure.add_trace(_marker_trace(dial.recommended, "recommended", COLOURS["recommended"], "diamond-open", 18))
     if dial.chosen is not None:
@@ -113,7 +114,7 @@ def dial_text(dial: Dial, blend: float | None, *, saved: bool) -> str:
         words += f" ({', '.join(marks)})"
     words += "."
     if dial.recommended is None:
-        words += " Recommended: the backbone (no point improved your classes without making new classes worse)."
+        words += " Recommended: the backbone (no point improved your classes without making new classes worse in one of the class folds)."
     if not saved:
         words += " Nothing was saved: **Keep this point** trains again with this blend."
     elif dial.chosen is None or not _same(point, dial.chosen):
