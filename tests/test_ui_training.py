@@ -226,3 +226,16 @@ def test_a_checkpoint_put_to_use_from_the_models_section_shows_its_dial(kept_hea
     other = SessionState()
     other.load(env["folder"], "efficientnet_lite0", no_progress)
     assert ui_app.show_model_dial(other, "efficientnet_lite0")[1:] == (SKIP,) * 4 and other.dial is None
+
+
+def test_the_status_before_the_first_step_is_the_pass_and_its_progress():
+    from retrieval_app.training import JobSnapshot
+
+    from retrieval_app.ui.text import md_escape
+
+    phase = "validation images: 16/32 images, about 3 s left"
+    text = ui_app._status_text(JobSnapshot(state="running", phase=phase))
+    assert text == "**running** · " + md_escape(phase)
+    assert "epoch 0" not in text and "0 %" not in text
+    later = ui_app._status_text(JobSnapshot(state="running", phase="training", epoch=1, step=3, fraction=0.1))
+    assert "epoch 1" in later and "10 %" in later
