@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from ..data import ImageDataset, collate_skip_bad
 from ..data.sampler import PKSampler
 from ..data.triplets import sample_random_triplets
-from ..errors import RetrievalAppError
+from ..errors import RetrievalAppError, TrainingCancelled
 from ..metrics import retrieval_metrics
 from .config import FROM_SCRATCH_BACKBONES, TrainConfig
 
@@ -116,6 +116,7 @@ class FullSource(_Source):
         super().__init__(**kwargs)
         self.train_set = ImageDataset(self.split.train, self.net.train_transform(), max_side=self.net.spec.decode_max_side)
         self.reported_failures: set[str] = set()
+        self.decoded = self._decode_small_images()
 
     def pretrained_features(self):
         if self.config.backbone in FROM_SCRATCH_BACKBONES:
@@ -125,6 +126,33 @@ class FullSource(_Source):
     def steps_per_epoch(self) -> int:
         return len(self._pk_sampler(self.train_labels))
 
+    def _decode_small_images(self):
+        """Small inputs (e.g. 28×28): every image decoded once into memory (see
+        `decoded.py`); None for photo-sized inputs, which stream from disk."""
+        from .decoded import DecodedImages, fits_in_memory
+
+        records = [*self.split.train, *self.split.val_seen, *self.split.val_unseen]
+        if not fits_in_memory(self.net.spec, len(records)):
+            return None
+        self.on_phase(f"decoding {len(records)} small images into memory")
+        decoded = DecodedImages(records, self.net.spec, cancel=self.cancel)
+        for path, reason in decoded.failures:
+            self._report_failures([(None, path, reason)])
+        self.decoded_rows = {record.id: row for row, record in enumerate(records)}
+        return decoded
+
+    def _decoded_batches(self, batch_sampler) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for indices in batch_sampler:
+            rows = torch.as_tensor([self.decoded_rows[self.split.train[i].id] for i in indices])
+            good = torch.from_numpy(self.decoded.ok[rows.numpy()])
+            if self.config.mining == "random" and not bool(good.all()):
+                continue  # a triplet with an unreadable image cannot be formed
+            rows, labels = rows[good], self.train_labels[torch.as_tensor(indices)][good]
+            if len(labels) < 2:
+                continue
+            images = self.decoded.batch(rows, augment=True, generator=self.generator).to(self.device)
+            yield images, labels.to(self.device)
+
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         steps = self.steps_per_epoch()
         if self.config.mining == "random":
@@ -132,6 +160,9 @@ class FullSource(_Source):
         else:
             batch_sampler = self._pk_sampler(self.train_labels)
             _set_epoch(batch_sampler, epoch)
+        if self.decoded is not None:
+            yield from self._decoded_batches(batch_sampler)
+            return
         loader = DataLoader(
             self.train_set, batch_sampler=batch_sampler, collate_fn=collate_skip_bad,
             num_workers=_workers(self.config), pin_memory=self.device.type == "cuda",
@@ -169,6 +200,9 @@ class FullSource(_Source):
             if not records:
                 out[set_name] = (np.empty((0, 1)), np.empty(0, dtype=np.int64))
                 continue
+            if self.decoded is not None:
+                out[set_name] = self._decoded_embeddings(records)
+                continue
             progress = None if report is None else (lambda d, _t, offset=done: report(offset + d, total))
             batch = CPU_VALIDATION_BATCH if self.device.type == "cpu" else 32
             result = embed_records(self.net, records, device=self.device, cancel=self.cancel, num_workers=self.config.num_workers, progress=progress, batch_size=batch)
@@ -177,6 +211,20 @@ class FullSource(_Source):
             labels = np.asarray([r.label for r in records], dtype=np.int64)[ok]
             out[set_name] = (result.embeddings[ok], labels)
         return out
+
+
+    @torch.inference_mode()
+    def _decoded_embeddings(self, records) -> tuple[np.ndarray, np.ndarray]:
+        rows = torch.as_tensor([self.decoded_rows[r.id] for r in records])
+        rows = rows[torch.from_numpy(self.decoded.ok[rows.numpy()])]
+        labels = np.asarray([r.label for r in records], dtype=np.int64)[self.decoded.ok[[self.decoded_rows[r.id] for r in records]]]
+        self.net.eval()
+        chunks = []
+        for start in range(0, len(rows), 512):
+            if self.cancel.is_set():
+                raise TrainingCancelled("training was cancelled")
+            chunks.append(self.net(self.decoded.batch(rows[start:start + 512], augment=False).to(self.device)).float().cpu())
+        return torch.cat(chunks).numpy(), labels
 
 
 def extract_features(net, records, *, device, cancel, num_workers, on_phase, progress=None) -> tuple[list, torch.Tensor]:
