@@ -114,7 +114,7 @@ def test_the_guard_measures_the_bare_backbone_not_the_heads_start(fashion_folder
     net = create_model("efficientnet_lite0", head=None)
     features = torch.from_numpy(cached_embeddings(net, records, output="features").embeddings)
     row_of = {r.id: i for i, r in enumerate(records)}
-    folds = class_folds(records, config.folds, val_fraction=config.val_fraction, seed=config.seed)
+    folds = class_folds(records, config.folds, val_fraction=config.resolved_val_fraction(), seed=config.seed)
     per_fold = []
     for fold in folds:
         rows = torch.as_tensor([row_of[r.id] for r in fold.val_unseen])

@@ -39,8 +39,8 @@ class TrainConfig:
     lr: float | None = None  # None: a per-mode default
     weight_decay: float = 0.0
     patience: int | None = 8  # epochs without a better validation score before stopping
-    val_fraction: float = 0.2
-    unseen_class_fraction: float = 0.2
+    val_fraction: float | None = None  # held-out images per class; None: 0.2 (0.1 from scratch)
+    unseen_class_fraction: float | None = None  # full mode's held-out classes; None: 0.2 (0 from scratch)
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA only
@@ -58,6 +58,20 @@ class TrainConfig:
         if self.head is not None:
             return self.head
         return "linear" if self.backbone in FROM_SCRATCH_BACKBONES else DEFAULT_HEAD
+
+    def resolved_val_fraction(self) -> float:
+        if self.val_fraction is not None:
+            return self.val_fraction
+        return 0.1 if self.backbone in FROM_SCRATCH_BACKBONES else 0.2
+
+    def resolved_unseen_class_fraction(self) -> float:
+        # Held-out classes protect what a pretrained backbone already does for new
+        # classes. From scratch there is no such baseline, and every class held out is
+        # one the model never learns (Fashion-MNIST, 30 s: MAP@R 0.535 with 2 of 10
+        # classes held out, 0.655 without).
+        if self.unseen_class_fraction is not None:
+            return self.unseen_class_fraction
+        return 0.0 if self.backbone in FROM_SCRATCH_BACKBONES else 0.2
 
     def resolved_epochs(self) -> int:
         if self.epochs is not None:
@@ -126,7 +140,7 @@ class TrainConfig:
             problems.append("time budget must be a positive number of seconds")
         if self.lr is not None and self.lr <= 0:
             problems.append("learning rate must be positive")
-        if not 0 <= self.val_fraction < 1 or not 0 <= self.unseen_class_fraction < 1:
+        if not 0 <= self.resolved_val_fraction() < 1 or not 0 <= self.resolved_unseen_class_fraction() < 1:
             problems.append("validation fractions must be in [0, 1)")
         if problems:
             raise RetrievalAppError("; ".join(problems))

@@ -126,9 +126,9 @@ class QuickProtocol:
 
     def _folds(self) -> list[Split]:
         records = self.table.records
-        folds = class_folds(records, self.config.folds, val_fraction=self.config.val_fraction, seed=self.config.seed)
+        folds = class_folds(records, self.config.folds, val_fraction=self.config.resolved_val_fraction(), seed=self.config.seed)
         if not folds:  # fewer than three classes: the user's classes can still be checked
-            split = split_records(records, val_fraction=self.config.val_fraction, unseen_class_fraction=0.0, seed=self.config.seed)
+            split = split_records(records, val_fraction=self.config.resolved_val_fraction(), unseen_class_fraction=0.0, seed=self.config.seed)
             folds = [split] if split.val_seen else []
         return [fold for fold in folds if len({r.label for r in fold.train}) >= 2]
 

@@ -151,7 +151,7 @@ class Trainer:
     # ----------------------------------------------------------- full mode
     def _run_full(self, scan) -> TrainResult:
         cfg = self.config
-        split = split_records(scan.records, val_fraction=cfg.val_fraction, unseen_class_fraction=cfg.unseen_class_fraction, seed=cfg.seed)
+        split = split_records(scan.records, val_fraction=cfg.resolved_val_fraction(), unseen_class_fraction=cfg.resolved_unseen_class_fraction(), seed=cfg.seed)
         if len({r.label for r in split.train}) < 2:
             raise RetrievalAppError("training needs at least two classes with two or more images each")
         self._phase(f"{len(split.train)} training images, {len(split.val_seen)} held-out images of trained classes, {len(split.val_unseen)} images of held-out classes")
