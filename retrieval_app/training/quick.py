@@ -37,8 +37,11 @@ from .folds import class_folds
 from .head_loop import HeadLoop, StepStats
 from .progress import ProgressClock
 
-# Fractions of a run's length (or of its time) at which it is measured.
-EVAL_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 7 / 8, 1.0)
+# A run is measured at 25, 50, 100, 200, … steps and at its end: a fixed, doubling
+# schedule, so a long budget still measures the short lengths that often are the only
+# ones safe for new classes (measuring at fractions of a 300 s run first looked at step
+# ~1,000 and found nothing safe), at a cost that grows with the log of the length.
+FIRST_EVAL_STEP = 25
 MIN_QUICK_STEPS = 200  # even a tiny folder gets this many steps per run
 VALIDATION_SETS = ("val_seen", "val_unseen")
 
@@ -68,6 +71,12 @@ class QuickOutcome:
     refit_steps: int
     blend: float | None  # None: nothing was refitted (the backbone is kept)
     stopped_because: str
+
+
+def is_eval_step(step: int) -> bool:
+    """25 · 2^k."""
+    ratio = step // FIRST_EVAL_STEP
+    return step % FIRST_EVAL_STEP == 0 and ratio > 0 and ratio & (ratio - 1) == 0
 
 
 def head_net_factory(base, config: TrainConfig, init_features: torch.Tensor, device) -> Callable[[], torch.nn.Module]:
@@ -164,21 +173,11 @@ class QuickProtocol:
             marks = lambda step, _elapsed: step in wanted  # noqa: E731
             loop.run(steps=max(eval_steps), eval_at=marks, on_eval=lambda s, e: rows.append(self._measure(net, fold, number, s, e)), on_progress=self._progress(f"fold {number}"))
             return rows, loop.steps
+        measure = lambda s, e: rows.append(self._measure(net, fold, number, s, e))  # noqa: E731
         if budget is not None:
-            times = iter([budget * f for f in EVAL_FRACTIONS[:-1]] + [float("inf")])
-            next_time = [next(times)]
-
-            def by_time(_step, elapsed):
-                if elapsed >= next_time[0]:
-                    next_time[0] = next(times)
-                    return True
-                return False
-
-            deadline = time.monotonic() + budget
-            loop.run(deadline=deadline, eval_at=by_time, on_eval=lambda s, e: rows.append(self._measure(net, fold, number, s, e)), on_progress=self._progress(f"fold {number}"))
+            loop.run(deadline=time.monotonic() + budget, eval_at=lambda s, _e: is_eval_step(s), on_eval=measure, on_progress=self._progress(f"fold {number}"))
         else:
-            marks_set = {max(1, round(planned * f)) for f in EVAL_FRACTIONS}
-            loop.run(steps=planned, eval_at=lambda s, _e: s in marks_set, on_eval=lambda s, e: rows.append(self._measure(net, fold, number, s, e)), on_progress=self._progress(f"fold {number}"))
+            loop.run(steps=planned, eval_at=lambda s, _e: is_eval_step(s), on_eval=measure, on_progress=self._progress(f"fold {number}"))
         if rows[-1]["step"] != loop.steps:
             rows.append(self._measure(net, fold, number, loop.steps, None))
         return rows, loop.steps
