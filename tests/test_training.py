@@ -16,7 +16,7 @@ from retrieval_app.metrics import retrieval_metrics
 from retrieval_app.networks import create_model
 from retrieval_app.retrieval.cache import cached_embeddings
 from retrieval_app.training.checkpoint import set_checkpoint_blend
-from retrieval_app.training.dial import DialPoint, recommend
+from retrieval_app.training.dial import BLENDS, DialPoint, recommend
 from retrieval_app.training.folds import class_folds
 from retrieval_app.training import (
     TrainConfig,
@@ -94,6 +94,11 @@ def test_quick_training_keeps_a_head_only_checkpoint_that_beats_the_backbone(fas
     assert result.after["val_seen_map_at_r"] > result.before["val_seen_map_at_r"]
     assert dial.chosen.unseen_worst_gain >= 0
     assert result.before["val_seen_map_at_r"] == dial.baseline_seen
+    # finer blends are measured between the recommendation and the next coarse blend
+    fine = [p for p in dial.points if p.blend not in BLENDS]
+    assert {p.step for p in fine} <= {dial.recommended.step}
+    assert bool(fine) == (dial.recommended.blend < 1.0)
+    assert recommend(dial.points, dial.baseline_seen, dial.baseline_unseen) == dial.recommended
     kinds = {e.kind for e in events}
     assert {"phase", "step", "epoch", "done"} <= kinds
     steps = [e for e in events if e.kind == "step"]
@@ -167,6 +172,9 @@ def test_when_fine_tuning_only_hurts_nothing_is_saved(shapes_folder, tmp_path, s
     assert not (tmp_path / "wrecked" / "model.pt").exists()
     assert "Kept the backbone" in result.summary
     assert list_checkpoints(tmp_path) == []
+    # nothing coarse was safe: blends between the backbone and ¼ were tried from the folds' heads
+    fine = sorted(p.blend for p in result.dial.points if p.blend not in BLENDS)
+    assert fine == [0.05, 0.1, 0.15, 0.2]
 
 
 def test_moving_the_dial_rewrites_the_saved_blend(fashion_folder, tmp_path, shared_cache):

@@ -30,6 +30,7 @@ from ..data.split import Split, split_records
 from ..metrics import retrieval_metrics
 from ..networks.heads import is_blendable
 from ..threads import workload_threads
+from .callbacks import StopRequest
 from .config import TrainConfig
 from .dial import BLENDS, Dial, DialPoint, best_seen, mean_or_none, recommend
 from .events import TrainEvent
@@ -73,6 +74,23 @@ class QuickOutcome:
     stopped_because: str
 
 
+FINE_BLEND_STEP = 0.05  # blends tried between two coarse ones around the recommendation
+
+
+def _point(step: int, blend: float, rows: list[dict], baselines: list[dict], elapsed_s: float | None) -> DialPoint:
+    """One dial point from the folds' measurements (`rows`, one per fold, in fold order)."""
+    def mean_of(name, key):
+        return mean_or_none((row["blends"].get(blend, {}).get(name) or {}).get(key) for row in rows)
+
+    gains = [((row["blends"].get(blend, {}).get("val_unseen") or {}).get("map_at_r"), base) for row, base in zip(rows, baselines)]
+    gains = [value - (base["val_unseen"] or {}).get("map_at_r", value) for value, base in gains if value is not None]
+    return DialPoint(
+        step=step, blend=float(blend), seen=mean_of("val_seen", "map_at_r"), unseen=mean_of("val_unseen", "map_at_r"),
+        seen_p1=mean_of("val_seen", "precision_at_1"), unseen_p1=mean_of("val_unseen", "precision_at_1"),
+        elapsed_s=elapsed_s, unseen_worst_gain=min(gains) if gains else None,
+    )
+
+
 def is_eval_step(step: int) -> bool:
     """25 · 2^k."""
     ratio = step // FIRST_EVAL_STEP
@@ -108,7 +126,7 @@ def head_net_factory(base, config: TrainConfig, init_features: torch.Tensor, dev
 
 class QuickProtocol:
     def __init__(self, config: TrainConfig, make_net: Callable[[], torch.nn.Module], table: FeatureTable, *,
-                 lr: float, metric_distance: str, cancel: threading.Event, emit: Emit) -> None:
+                 lr: float, metric_distance: str, cancel: threading.Event, emit: Emit, stop: StopRequest | None = None) -> None:
         self.config = config
         self.make_net = make_net  # a fresh network whose head is at its start
         self.table = table
@@ -118,6 +136,26 @@ class QuickProtocol:
         self.emit = emit
         self.history: list[dict[str, Any]] = []
         self.clock: ProgressClock | None = None
+        # A callback's request to end a budgeted run early: honoured by the first fold,
+        # whose length the budget sets (the others repeat it, the refit uses the dial's).
+        self.stop = stop or StopRequest()
+        self.stopped_early = ""
+        self.current_net: torch.nn.Module | None = None  # the head training now (see `embed_rows`)
+        # (fold, step) -> head weights at that measurement (heads are small): the blend
+        # can then be refined around the recommendation without training again.
+        self.snapshots: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def embed_rows(self, rows) -> np.ndarray:
+        """Embeddings of feature-table rows by the head training now (the starting head
+        before the first fold): what live map frames show."""
+        net = self.current_net or self.make_net()
+        was_training = net.training
+        net.eval()
+        try:
+            return net.embed_features(self.table.features[torch.as_tensor(rows, dtype=torch.long)]).float().cpu().numpy()
+        finally:
+            net.train(was_training)
 
     # ------------------------------------------------------------------ the run
     def run(self) -> tuple[QuickOutcome, torch.nn.Module | None]:
@@ -130,7 +168,7 @@ class QuickProtocol:
                 net = self._refit(steps)
                 net.set_blend(blend)
                 dial.chosen = dial.nearest(blend=blend, step=steps) or DialPoint(steps, blend, None, None)
-            stopped = "time budget reached" if self.config.time_budget else "finished"
+            stopped = self.stopped_early or ("time budget reached" if self.config.time_budget else "finished")
             return QuickOutcome(dial, self.history, steps, blend, stopped), net
 
     def _folds(self) -> list[Split]:
@@ -157,37 +195,47 @@ class QuickProtocol:
                 eval_steps = [row["step"] for row in rows]
                 if fold_budget and self.clock is not None:
                     self.clock.total_steps = steps_done * (len(folds) + 1)
-        return self._dial(per_fold, baselines, len(folds) if folds[0].val_unseen else 0)
+        dial = self._dial(per_fold, baselines, len(folds) if folds[0].val_unseen else 0)
+        self._refine_blend(dial, folds, baselines)
+        return dial
 
     def _planned_steps(self, n_train: int) -> int:
         epochs = self.config.resolved_epochs()
         return max(MIN_QUICK_STEPS, int(np.ceil(epochs * n_train / self.config.batch_size)))
 
     def _train_fold(self, number: int, fold: Split, eval_steps: list[int] | None, budget: float | None, planned: int | None):
-        net = self.make_net()
+        net = self.current_net = self.make_net()
         train_rows = self.table.rows(fold.train)
         loop = HeadLoop(net, self.table.features[train_rows], self.table.labels[train_rows], self.config, lr=self.lr, seed=self.config.seed + number, cancel=self.cancel)
         rows = [self._measure(net, fold, number, 0, 0.0)]
+        measure = lambda s, e: rows.append(self._measure(net, fold, number, s, e, loop.monitor.window()))  # noqa: E731
         if eval_steps is not None:
             wanted = set(eval_steps)
             marks = lambda step, _elapsed: step in wanted  # noqa: E731
-            loop.run(steps=max(eval_steps), eval_at=marks, on_eval=lambda s, e: rows.append(self._measure(net, fold, number, s, e)), on_progress=self._progress(f"fold {number}"))
+            loop.run(steps=max(eval_steps), eval_at=marks, on_eval=measure, on_progress=self._progress(f"fold {number}"))
             return rows, loop.steps
-        measure = lambda s, e: rows.append(self._measure(net, fold, number, s, e))  # noqa: E731
         if budget is not None:
-            loop.run(deadline=time.monotonic() + budget, eval_at=lambda s, _e: is_eval_step(s), on_eval=measure, on_progress=self._progress(f"fold {number}"))
+            loop.run(deadline=time.monotonic() + budget, eval_at=lambda s, _e: is_eval_step(s), on_eval=measure, on_progress=self._progress(f"fold {number}"), stop=self.stop)
+            if self.stop.is_set():  # the first fold ends here; the other folds repeat its length
+                self.stopped_early = f"stopped early at step {loop.steps} of the first fold: {self.stop.reason}"
+                self.stop.clear()
         else:
             loop.run(steps=planned, eval_at=lambda s, _e: is_eval_step(s), on_eval=measure, on_progress=self._progress(f"fold {number}"))
         if rows[-1]["step"] != loop.steps:
-            rows.append(self._measure(net, fold, number, loop.steps, None))
+            rows.append(self._measure(net, fold, number, loop.steps, None, loop.monitor.window()))
         return rows, loop.steps
 
     @torch.no_grad()
-    def _measure(self, net, fold: Split, fold_number: int, step: int, elapsed: float | None) -> dict[str, Any]:
-        """MAP@R and P@1 of the head at every blend, on both validation sets."""
+    def _measure(self, net, fold: Split, fold_number: int, step: int, elapsed: float | None, mining: dict | None = None) -> dict[str, Any]:
+        """MAP@R and P@1 of the head at every blend, on both validation sets; `mining`:
+        the mining statistics of the steps since the previous measurement."""
         net.eval()
         blends = BLENDS if is_blendable(net.head) else (1.0,)
+        if is_blendable(net.head):
+            self.snapshots[(fold_number, step)] = {key: value.detach().clone() for key, value in net.head.state_dict().items()}
         row: dict[str, Any] = {"fold": fold_number, "step": step, "elapsed_s": elapsed, "blends": {}}
+        if mining is not None:
+            row["mining"] = mining
         for blend in blends:
             net.set_blend(blend)
             row["blends"][blend] = {name: self._metrics(net.embed_features(self.table.features[self.table.rows(getattr(fold, name))]), getattr(fold, name)) for name in VALIDATION_SETS}
@@ -200,7 +248,8 @@ class QuickProtocol:
             eta_s=self.clock.eta_s() if self.clock else None,
             metrics={"fold": fold_number, "step": step, "epoch": len(self.history), **{name: trained[name] for name in VALIDATION_SETS if trained[name]},
                      "map_at_r": mean_or_none(trained[n]["map_at_r"] for n in VALIDATION_SETS if trained[n]),
-                     "precision_at_1": mean_or_none(trained[n]["precision_at_1"] for n in VALIDATION_SETS if trained[n])},
+                     "precision_at_1": mean_or_none(trained[n]["precision_at_1"] for n in VALIDATION_SETS if trained[n]),
+                     **({"mining": mining} if mining is not None else {})},
         ))
         return row
 
@@ -224,27 +273,12 @@ class QuickProtocol:
 
     # ------------------------------------------------------ 2. recommendation
     def _dial(self, per_fold: list[list[dict]], baselines: list[dict], n_class_folds: int) -> Dial:
-        def mean_of(rows, blend, name, key):
-            return mean_or_none((row["blends"].get(blend, {}).get(name) or {}).get(key) for row in rows)
-
         base = {(name, key): mean_or_none((b[name] or {}).get(key) for b in baselines) for name in VALIDATION_SETS for key in ("map_at_r", "precision_at_1")}
-
-        def worst_gain(rows, blend):
-            gains = [(row["blends"].get(blend, {}).get("val_unseen") or {}).get("map_at_r") for row in rows]
-            gains = [g - (b["val_unseen"] or {}).get("map_at_r", g) for g, b in zip(gains, baselines) if g is not None]
-            return min(gains) if gains else None
-
         points = []
         for position in range(min(len(fold) for fold in per_fold)):  # steps every fold measured
             first = per_fold[0][position]
             rows = [fold[position] for fold in per_fold]
-            for blend in first["blends"]:
-                points.append(DialPoint(
-                    step=first["step"], blend=float(blend),
-                    seen=mean_of(rows, blend, "val_seen", "map_at_r"), unseen=mean_of(rows, blend, "val_unseen", "map_at_r"),
-                    seen_p1=mean_of(rows, blend, "val_seen", "precision_at_1"), unseen_p1=mean_of(rows, blend, "val_unseen", "precision_at_1"),
-                    elapsed_s=first["elapsed_s"], unseen_worst_gain=worst_gain(rows, blend),
-                ))
+            points += [_point(first["step"], blend, rows, baselines, first["elapsed_s"]) for blend in first["blends"]]
         dial = Dial(
             base[("val_seen", "map_at_r")], base[("val_unseen", "map_at_r")], points, n_folds=n_class_folds,
             baseline_seen_p1=base[("val_seen", "precision_at_1")], baseline_unseen_p1=base[("val_unseen", "precision_at_1")],
@@ -253,6 +287,37 @@ class QuickProtocol:
         if not n_class_folds:
             dial.note = "fewer than three classes: the effect on classes it never saw cannot be estimated"
         return dial
+
+    @torch.no_grad()
+    def _refine_blend(self, dial: Dial, folds: list[Split], baselines: list[dict]) -> None:
+        """Measure finer blends between the recommended blend and the next coarse one
+        (or between the backbone and ¼ when nothing coarse was safe), from the folds'
+        saved heads, and recommend again: the safe limit usually lies in between."""
+        if not self.snapshots or self.config.blend is not None:
+            return
+        start = dial.recommended
+        anchor = start or max((p for p in dial.points if p.blend == BLENDS[1] and p.seen is not None), key=lambda p: p.seen, default=None)
+        if anchor is None:
+            return
+        low = start.blend if start is not None else 0.0
+        fine = [round(low + step * FINE_BLEND_STEP, 4) for step in range(1, round((BLENDS[1] - BLENDS[0]) / FINE_BLEND_STEP))]
+        fine = [blend for blend in fine if blend < 1.0 and blend not in BLENDS]
+        if not fine or any((number, anchor.step) not in self.snapshots for number in range(1, len(folds) + 1)):
+            return
+        self._phase(f"refining the blend between {low:.2f} and {low + BLENDS[1]:.2f} at {anchor.step} steps")
+        rows = []
+        for number, fold in enumerate(folds, start=1):
+            net = self.make_net()
+            net.head.load_state_dict(self.snapshots[(number, anchor.step)])
+            net.eval()
+            row = {"fold": number, "step": anchor.step, "elapsed_s": anchor.elapsed_s, "blends": {}}
+            for blend in fine:
+                net.set_blend(blend)
+                row["blends"][blend] = {name: self._metrics(net.embed_features(self.table.features[self.table.rows(getattr(fold, name))]), getattr(fold, name)) for name in VALIDATION_SETS}
+            self.history.append({"phase": "refine", **row})
+            rows.append(row)
+        dial.points += [_point(anchor.step, blend, rows, baselines, anchor.elapsed_s) for blend in fine]
+        dial.recommended = recommend(dial.points, dial.baseline_seen, dial.baseline_unseen)
 
     def _choice(self, dial: Dial) -> tuple[int, float | None]:
         """(refit length, blend); blend None = keep the backbone, refit nothing."""
@@ -269,11 +334,13 @@ class QuickProtocol:
     # ------------------------------------------------------------- 3. refit
     def _refit(self, steps: int) -> torch.nn.Module:
         self._phase(f"refitting on all {len(self.table.records)} images of {len(set(self.table.labels.tolist()))} classes for {steps} steps")
-        net = self.make_net()
+        net = self.current_net = self.make_net()
         loop = HeadLoop(net, self.table.features, self.table.labels, self.config, lr=self.lr, seed=self.config.seed, cancel=self.cancel)
         if self.clock is not None and self.clock.total_steps is not None:
             self.clock.total_steps = self.clock.steps + steps
         loop.run(steps=steps, on_progress=self._progress("refit"))
+        mining = loop.monitor.window()
+        self.history.append({"phase": "refit", "step": loop.steps, **({"mining": mining} if mining is not None else {})})
         net.eval()
         return net
 
@@ -291,6 +358,7 @@ class QuickProtocol:
                 total_steps=clock.total_steps if clock else None, fraction=clock.fraction() if clock else 0.0,
                 loss=stats.loss, active_fraction=stats.active_fraction,
                 images_per_s=stats.images / max(stats.elapsed_s, 1e-9), eta_s=clock.eta_s() if clock else None,
+                data={**stats.data, "stage": label},
             ))
 
         return report

@@ -18,9 +18,10 @@ from __future__ import annotations
 import math
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -29,21 +30,23 @@ from ..atomic import atomic_write_json
 from ..data import scan_folder, split_records
 from ..device import select_device
 from ..errors import RetrievalAppError, TrainingCancelled
-from ..losses import OnlineTripletLoss
-from ..losses import triplet_margin_loss
+from ..losses import TripletLoss
 from ..losses.distances import get_distance
 from ..threads import network_workload, workload_threads
 from ..metrics import retrieval_metrics
 from ..networks import create_model, freeze_backbone
 from ..networks.heads import get_head_spec, init_from_features
 from . import checkpoint as ckpt
+from .callbacks import Callback, RunView, StopRequest, as_callbacks
 from .config import FROM_SCRATCH_BACKBONES, TrainConfig
 from .dial import Dial
 from .events import EventCallback, TrainEvent, ignore_event
-from .head_loop import TrainingStopped
+from .head_loop import PROGRESS_INTERVAL_S, TrainingStopped
+from .mining_monitor import MiningMonitor
 from .progress import PassProgress, ProgressClock
 from .quick import FeatureTable, QuickProtocol, head_net_factory
 from .sources import FullSource, extract_features
+from .stall import StallWatch
 
 # Metrics that can rank neighbours; other training distances are validated with Euclidean.
 _METRIC_DISTANCES = ("euclidean", "cosine")
@@ -70,9 +73,16 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, on_event: EventCallback = ignore_event, cancel: threading.Event | None = None) -> None:
+    """`on_event` sees every event; `callbacks` (`callbacks.Callback` objects or functions
+    of an event) also see the run's data and may act on it. A `StallWatch` is always
+    among them."""
+
+    def __init__(self, config: TrainConfig, on_event: EventCallback = ignore_event, cancel: threading.Event | None = None,
+                 callbacks: Sequence[Callback | EventCallback] = ()) -> None:
         self.config = config.validate()
         self.on_event = on_event
+        self.callbacks = as_callbacks([StallWatch(self.config), on_event, *callbacks])
+        self.stop = StopRequest()  # a callback's request to end training early
         self.cancel = cancel or threading.Event()
         self.out_dir = Path(config.out_dir)
         self.device = select_device(config.device)
@@ -108,7 +118,8 @@ class Trainer:
         head_kind = cfg.resolved_head()
         make_net = head_net_factory(base, cfg, table.features, self.device)
 
-        protocol = QuickProtocol(cfg, make_net, table, lr=cfg.resolved_lr(), metric_distance=self._metric_distance(), cancel=self.cancel, emit=self._emit)
+        protocol = QuickProtocol(cfg, make_net, table, lr=cfg.resolved_lr(), metric_distance=self._metric_distance(), cancel=self.cancel, emit=self._emit, stop=self.stop)
+        self._start_callbacks(RunView("quick", records, scan.classes, self.out_dir, protocol.embed_rows, self._emit, self.stop))
         try:
             outcome, net = protocol.run()
         except TrainingStopped:
@@ -146,6 +157,8 @@ class Trainer:
             "epochs_run": result.epochs_run, "stopped_because": stopped_because, "summary": summary, "config": self.config.to_dict(),
             "dial": dial.to_dict() if dial is not None else None,
         })
+        for callback in self.callbacks:
+            callback.on_run_end(self.out_dir)
         return result
 
     # ----------------------------------------------------------- full mode
@@ -168,7 +181,10 @@ class Trainer:
         if resumed is not None:
             optimizer.load_state_dict(resumed["optimizer"])
         self.backbone_before = source.backbone_metrics(self._metric_distance()) if resumed is None else dict(resumed.get("backbone_before", {}))
-        loss_fn = None if cfg.mining == "random" else OnlineTripletLoss(cfg.mining, margin=cfg.margin, distance=cfg.distance, reduction=cfg.reduction)
+        loss_fn = TripletLoss(cfg.mining, margin=cfg.margin, distance=cfg.distance, reduction=cfg.reduction)
+        monitor = MiningMonitor(loss_fn)  # every step: a full-mode step costs far more than the statistics
+        every = [*split.train, *split.val_seen, *split.val_unseen]
+        self._start_callbacks(RunView("full", every, scan.classes, self.out_dir, lambda rows: source.embed_now([every[i] for i in rows]), self._emit, self.stop))
 
         start_epoch = 0 if resumed is None else int(resumed["epoch"]) + 1
         best = {"score": -math.inf, "epoch": -1} if resumed is None else dict(resumed["best"])
@@ -189,7 +205,7 @@ class Trainer:
         with workload_threads(network_workload(net.spec.input_size)):
             for epoch in range(start_epoch, total_epochs + 1):
                 self._note(f"training epoch {epoch}")  # a cancel here stops at the epoch's first batch
-                train_stats = self._train_epoch(net, source, loss_fn, optimizer, epoch, clock)
+                train_stats = self._train_epoch(net, source, loss_fn, monitor, optimizer, epoch, clock)
                 if train_stats.get("cancelled"):
                     stopped_because = "cancelled"
                     break
@@ -201,6 +217,9 @@ class Trainer:
                 ckpt.save_training_state(self.out_dir / ckpt.LAST_FILE, net, optimizer, epoch=epoch, history=self.history, best=best, train_config=cfg.to_dict(), classes=scan.classes, extra={"backbone_before": self.backbone_before})
                 if clock.out_of_time():
                     stopped_because = "time budget reached"
+                    break
+                if self.stop.is_set():
+                    stopped_because = f"stopped early after epoch {epoch}: {self.stop.reason}"
                     break
                 patience = cfg.resolved_patience()
                 if patience is not None and epoch - best["epoch"] >= patience:
@@ -237,23 +256,22 @@ class Trainer:
         return state
 
     # ------------------------------------------------------------ training
-    def _train_epoch(self, net, source, loss_fn, optimizer, epoch: int, clock: ProgressClock) -> dict[str, Any]:
+    def _train_epoch(self, net, source, loss_fn, monitor: MiningMonitor, optimizer, epoch: int, clock: ProgressClock) -> dict[str, Any]:
         cfg = self.config
         net.train()
         if cfg.resolved_mode() == "quick":
             net.backbone.eval()  # frozen: keep BatchNorm statistics as pretrained
         scaler = source.grad_scaler()
         losses, actives = [], []
+        last_report = -math.inf
         for inputs, labels in source.batches(epoch):
             if self.cancel.is_set():
                 return {"cancelled": True}
             with source.autocast():
                 embeddings = source.embed(inputs)
-                if loss_fn is None:
-                    loss, active = self._random_triplet_loss(embeddings, labels)
-                else:
-                    out = loss_fn(embeddings.float(), labels)
-                    loss, active = out.loss, out.active_fraction
+                out = loss_fn(embeddings.float(), labels)
+                loss, active = out.loss, out.active_fraction
+            monitor.observe(out, active)
             if self.cancel.is_set():  # the backward pass is the longer half of a step: skip it
                 return {"cancelled": True}
             optimizer.zero_grad(set_to_none=True)
@@ -263,23 +281,21 @@ class Trainer:
             clock.tick(len(labels))
             losses.append(float(loss.detach()))
             actives.append(float(active))
+            data: dict[str, Any] = {"inactive_steps": monitor.inactive_steps, "stage": f"epoch {epoch}"}
+            if time.monotonic() - last_report >= PROGRESS_INTERVAL_S:  # statistics a few times a second, like quick mode
+                data["mining"], last_report = monitor.interval(), time.monotonic()
             self._emit(TrainEvent(
                 "step", phase="training", epoch=epoch, epochs=_visible_epochs(cfg), step=clock.steps,
                 total_steps=clock.total_steps, fraction=clock.fraction(), loss=losses[-1],
-                active_fraction=actives[-1], images_per_s=clock.images_per_s(), eta_s=clock.eta_s(),
+                active_fraction=actives[-1], images_per_s=clock.images_per_s(), eta_s=clock.eta_s(), data=data,
             ))
             if clock.out_of_time():
                 break
         if not losses:
             raise RetrievalAppError("no training batch could be formed (are the training images readable?)")
-        return {"loss": float(np.mean(losses)), "active_fraction": float(np.mean(actives)), "images_per_s": clock.images_per_s()}
-
-    def _random_triplet_loss(self, embeddings: torch.Tensor, labels: torch.Tensor):
-        # Batches of random offline triplets arrive as [anchors | positives | negatives].
-        a, p, n = embeddings.float().chunk(3)
-        per_triplet = triplet_margin_loss(a, p, n, margin=self.config.margin, distance=self.config.distance, reduction="none")
-        loss = per_triplet.mean() if self.config.reduction == "mean" else per_triplet.sum()
-        return loss, float((per_triplet > 0).float().mean())
+        stats = {"loss": float(np.mean(losses)), "active_fraction": float(np.mean(actives)), "images_per_s": clock.images_per_s()}
+        mining = monitor.window()
+        return {**stats, "mining": mining} if mining is not None else stats
 
     # ---------------------------------------------------------- validation
     def _metric_distance(self) -> str:
@@ -376,8 +392,13 @@ class Trainer:
             raise TrainingCancelled("training was cancelled")
         self._emit(TrainEvent("phase", phase=text, message=text))
 
+    def _start_callbacks(self, run: RunView) -> None:
+        for callback in self.callbacks:
+            callback.on_training_start(run)
+
     def _emit(self, event: TrainEvent) -> None:
-        self.on_event(event)
+        for callback in self.callbacks:
+            callback.on_event(event)
 
 
 def _visible_epochs(cfg: TrainConfig) -> int | None:
@@ -448,7 +469,9 @@ def _summarise_quick(dial: Dial, kept: str, head: str, steps: int) -> str:
         top = best_seen(dial.points)
         lost = "" if top is None else (
             f" The best point for your classes (MAP@R {_change(dial.baseline_seen, top.seen)}) would have taken classes it "
-            f"never saw {_change(dial.baseline_unseen, top.unseen)}; move the dial to specialise anyway."
+            f"never saw {_change(dial.baseline_unseen, top.unseen)} on average"
+            + (f", {top.unseen_worst_gain:+.3f} in the worst fold" if top.unseen_worst_gain is not None else "")
+            + "; move the dial to specialise anyway."
         )
         return f"Kept the backbone: no fine-tuned point improved your classes without making new classes worse (estimated over {folds}).{lost}"
     text = (
