@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -190,3 +191,87 @@ def test_bad_batch_size_is_a_clear_error(folder, small_net):
 def test_empty_record_list(small_net):
     result = embed_records(small_net, [], device="cpu")
     assert result.embeddings.shape == (0, 16) and result.ok.shape == (0,)
+
+
+# ------------------------------------------------- small inputs: pixels per image, threads
+def test_small_input_pixels_normalised_per_batch_equal_the_eval_transform(small_net, tmp_path):
+    from retrieval_app.networks.transforms import PixelNormaliser, SmallEvalPixels
+
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), "L"),  # Fashion-MNIST as stored
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), "RGB"),  # resized, not 28×28
+        Image.fromarray(rng.integers(0, 256, (28, 28, 4), dtype=np.uint8), "RGBA"),
+        Image.fromarray(rng.integers(0, 256, (12, 9), dtype=np.uint8), "L").convert("P"),
+    ]
+    spec = small_net.spec
+    reference = torch.stack([small_net.eval_transform()(image) for image in images])
+    pixels = torch.stack([SmallEvalPixels(spec)(image) for image in images])
+    assert pixels.dtype == torch.uint8 and pixels.shape == (4, 1, 28, 28)
+    assert torch.equal(PixelNormaliser(spec)(pixels), reference)  # the same values, bit for bit
+
+
+def test_small_inputs_embed_as_the_eval_transform_does(small_net, tmp_path):
+    folder = write_class_folder(tmp_path / "png", n_classes=2, per_class=6, size=28)
+    records = scan_folder(folder).records
+    batched = embed_records(small_net, records, batch_size=5, num_workers=0, device="cpu").embeddings
+    one_by_one = embed_images(small_net, [r.path for r in records], device="cpu")  # eval_transform per image
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-6)
+    in_worker = embed_records(small_net, records, batch_size=5, num_workers=1, device="cpu").embeddings
+    np.testing.assert_allclose(in_worker, one_by_one, atol=1e-6)
+
+
+class ThreadProbe(nn.Module):
+    """Wraps a network: records, per forward pass, the calling thread, its intra-op
+    thread count and when it ran (sleeping a little, as a real network computes)."""
+
+    def __init__(self, net: nn.Module, sleep_s: float = 0.05) -> None:
+        super().__init__()
+        self.net, self.spec, self.sleep_s = net, net.spec, sleep_s
+        self.calls: list[tuple[int, int, float, float]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        threads = torch.get_num_threads()
+        time.sleep(self.sleep_s)
+        out = self.net(x)
+        self.calls.append((threading.get_ident(), threads, start, time.perf_counter()))
+        return out
+
+    def eval_transform(self):
+        return self.net.eval_transform()
+
+
+def test_small_network_embeds_on_one_thread_while_decoding_runs_beside_it(small_net, tmp_path, monkeypatch):
+    import retrieval_app.networks.transforms as transforms_module
+
+    decodes: list[tuple[int, int, float]] = []
+    original = transforms_module.SmallEvalPixels.__call__
+
+    def recording(self, image):
+        decodes.append((threading.get_ident(), torch.get_num_threads(), time.perf_counter()))
+        return original(self, image)
+
+    monkeypatch.setattr(transforms_module.SmallEvalPixels, "__call__", recording)
+    folder = write_class_folder(tmp_path / "png", n_classes=2, per_class=12, size=28)
+    probe = ThreadProbe(small_net)
+    torch.set_num_threads(2)  # what an idle 2-core machine starts with
+    result = embed_records(probe, scan_folder(folder).records, batch_size=4, num_workers=0, device="cpu")
+    assert result.ok.all() and len(probe.calls) == 6
+    assert {threads for _, threads, _, _ in probe.calls} == {1}  # the forward pass: one intra-op thread
+    assert torch.get_num_threads() == 2  # restored afterwards
+    forward_thread = probe.calls[0][0]
+    assert decodes and all(thread != forward_thread for thread, _, _ in decodes)  # decoded elsewhere,
+    assert {threads for _, threads, _ in decodes} == {1}  # on one thread too,
+    overlapping = [t for _, _, t in decodes if any(start < t < end for _, _, start, end in probe.calls)]
+    assert overlapping, "no image was decoded while a forward pass ran"  # and at the same time
+
+
+def test_a_network_on_full_size_inputs_keeps_every_core(tmp_path):
+    from retrieval_app.threads import threads_for
+
+    torch.manual_seed(0)
+    probe = ThreadProbe(create_model("efficientnet_lite0", pretrained=False, head=None), sleep_s=0.0)
+    folder = write_class_folder(tmp_path / "jpg", n_classes=2, per_class=2, size=40)
+    embed_records(probe, scan_folder(folder).records, batch_size=4, num_workers=0, device="cpu")
+    assert {threads for _, threads, _, _ in probe.calls} == {threads_for("network")}

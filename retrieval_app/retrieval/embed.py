@@ -10,7 +10,15 @@ cores, DataLoader worker processes. On 2 cores, worker processes only add
 inter-process copies for CPU the forward pass already uses, so the loader runs without
 workers in a background *thread* that decodes the next batches while the forward pass
 runs: Pillow's decoder and resizer and torch's kernels release the GIL, so the two
-overlap without any inter-process traffic."""
+overlap without any inter-process traffic.
+
+Small inputs (≤ 64 px, e.g. 28×28 PNGs for the small CNN) are a different workload: the
+network runs thousands of images a second on one core, so (measured on 20,000
+Fashion-MNIST PNGs, bench/bench_embed_small.py) the costs that matter are per image and
+per thread, not the forward pass. The forward pass runs on one intra-op thread
+(`threads.network_workload`: more threads only fight the decoding thread and each other),
+the decoding thread on one, and images are decoded to uint8 pixels that are normalised a
+whole batch at a time (`SmallEvalPixels` + `PixelNormaliser`: the eval transform's values)."""
 
 from __future__ import annotations
 
@@ -26,9 +34,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data import ImageDataset, collate_skip_bad, load_image
+from ..data.dataset import Batch
 from ..data.scan import ImageRecord
 from ..device import select_device
 from ..errors import RetrievalAppError, TrainingCancelled
+from ..networks.transforms import PixelNormaliser, SmallEvalPixels, has_small_input
+from ..threads import network_workload, use_threads, workload_threads
 
 OUTPUTS = ("embeddings", "features")
 ProgressFn = Callable[[int, int], None]
@@ -149,15 +160,16 @@ def iter_embedded_batches(
         raise RetrievalAppError(f"batch size must be at least 1, not {batch_size}")
     device = _resolve_device(device)
     workers = default_workers(device) if num_workers is None else num_workers
-    dataset = ImageDataset(records, net.eval_transform(), max_side=_decode_max_side(net))
+    transform, collate = batch_pipeline(net)
+    dataset = ImageDataset(records, transform, max_side=_decode_max_side(net))
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_skip_bad,
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
         pin_memory=device.type == "cuda", prefetch_factor=PREFETCH_BATCHES if workers else None,
     )
     forward = _forward_fn(net, output)
     batches = iter(loader) if workers else _prefetch_in_thread(loader, PREFETCH_BATCHES)
     try:
-        with _eval_mode(net, device), torch.inference_mode():
+        with _eval_mode(net, device), torch.inference_mode(), workload_threads(embedding_workload(net)):
             for batch in batches:
                 _raise_if_cancelled(cancel)
                 failures = [(int(i), path, reason) for i, path, reason in batch.failures]
@@ -171,6 +183,34 @@ def iter_embedded_batches(
         if hasattr(batches, "close"):
             batches.close()
         del batches
+
+
+def embedding_workload(net) -> str:
+    """The `threads` workload of `net`'s forward pass: by its input size."""
+    spec = getattr(net, "spec", None)
+    return network_workload(spec.input_size) if spec is not None else "network"
+
+
+def batch_pipeline(net) -> tuple[Callable, Callable]:
+    """(per-image transform, collate function) for embedding with `net`: its eval transform
+    and `collate_skip_bad`; for a small-input network, uint8 pixels per image and one
+    normalisation per batch (the same values, see `SmallEvalPixels`)."""
+    spec = getattr(net, "spec", None)
+    if spec is None or not has_small_input(spec):
+        return net.eval_transform(), collate_skip_bad
+    return SmallEvalPixels(spec), NormalisingCollate(PixelNormaliser(spec))
+
+
+class NormalisingCollate:
+    """`collate_skip_bad`, then the batch's uint8 pixels normalised (runs where the batch
+    is decoded: the decoding thread or a worker process)."""
+
+    def __init__(self, normalise: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.normalise = normalise
+
+    def __call__(self, items) -> Batch:
+        batch = collate_skip_bad(items)
+        return batch._replace(images=self.normalise(batch.images)) if len(batch.indices) else batch
 
 
 def _raise_if_cancelled(cancel: threading.Event | None) -> None:
@@ -188,9 +228,12 @@ def _prefetch_in_thread(iterable: Iterable, depth: int) -> Iterator:
 
     def produce() -> None:
         try:
-            for item in iterable:
-                if not _put(items, (item, None), stop):
-                    return
+            # Decoding's tensor work is per image or per small batch: one thread, which
+            # leaves the other cores to the forward pass.
+            with use_threads(1):
+                for item in iterable:
+                    if not _put(items, (item, None), stop):
+                        return
         except BaseException as exc:  # handed to the consumer, which re-raises it
             _put(items, (None, exc), stop)
             return
@@ -302,7 +345,7 @@ def embed_images(net, images, *, device=None, output: str = "embeddings", batch_
     device = _resolve_device(device)
     transform, max_side, forward = net.eval_transform(), _decode_max_side(net), _forward_fn(net, output)
     chunks = []
-    with _eval_mode(net, device), torch.inference_mode():
+    with _eval_mode(net, device), torch.inference_mode(), workload_threads(embedding_workload(net)):
         for start in range(0, len(images), batch_size):
             tensors = [transform(load_image(image, max_side=max_side)) for image in images[start:start + batch_size]]
             chunks.append(run_forward(forward, torch.stack(tensors), device))
