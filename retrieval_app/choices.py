@@ -6,7 +6,8 @@ Each tuple here is the one list of its kind: the modules that implement the choi
 take their names from it (`retrieval/export.py`, `retrieval/projection.py` and
 `retrieval/search.py` do), and `tests/test_cli_startup.py` checks that the torch-side
 registries (`networks.list_models()`, `losses.DISTANCES`, `losses.MINING_STRATEGIES`,
-`training.config.MODES` / `REDUCTIONS`) offer exactly these names."""
+`training.config.MODES` / `REDUCTIONS`) offer exactly these names. The defaults are here
+too, so the command line, the app's form and `TrainConfig` start from the same values."""
 
 from __future__ import annotations
 
@@ -17,13 +18,17 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 HEADS = ("identity", "linear", "mlp")
 DEFAULT_HEAD = "identity"
 
-# losses/
+# losses/: distances.DISTANCES, miners.MINERS and reducers.REDUCERS register each of these.
 DISTANCES = ("euclidean", "squared_euclidean", "cosine", "linf")
+DEFAULT_DISTANCE = "euclidean"
 MINING_STRATEGIES = ("batch_all", "batch_hard", "semi_hard", "random")
+DEFAULT_MINING = "batch_all"
 REDUCTIONS = ("mean", "sum")
+DEFAULT_REDUCTION = "mean"
 
 # training/config.py
 TRAIN_MODES = ("auto", "quick", "full")
+DEFAULT_TRAIN_MODE = "auto"
 
 # retrieval/
 PROJECTION_METHODS = ("umap", "pca", "tsne")

@@ -84,3 +84,16 @@ def test_every_head_choice_builds(head):
 
     assert head in choices.HEADS
     assert create_model("small_cnn", dim=8, pretrained=False, head=head).dim == 8
+
+
+def test_defaults_come_from_the_choices():
+    """The command line, TrainConfig and the app's form start from the same values."""
+    from retrieval_app import choices
+    from retrieval_app.cli import build_parser
+    from retrieval_app.training import TrainConfig
+
+    args = build_parser().parse_args(["train", "folder"])
+    config = TrainConfig(folder="folder", out_dir="out")
+    for name, default in (("backbone", choices.DEFAULT_BACKBONE), ("distance", choices.DEFAULT_DISTANCE), ("mining", choices.DEFAULT_MINING),
+                          ("reduction", choices.DEFAULT_REDUCTION), ("mode", choices.DEFAULT_TRAIN_MODE)):
+        assert getattr(args, name) == getattr(config, name) == default, name

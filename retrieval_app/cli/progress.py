@@ -1,4 +1,5 @@
-"""Terminal rendering of training events: a progress bar and one line per epoch.
+"""Terminal rendering of training events: a progress bar, one line per validation (and
+one for the mining statistics of the steps before it), and warnings.
 
 On a terminal a tqdm bar follows the steps. Anywhere else (a log file, a pipe, CI) a
 bar would write a carriage-return update per step, thousands of them, so only whole
@@ -51,6 +52,8 @@ class TrainingProgressPrinter:
             self._step_line(event)
         elif kind == "epoch":
             self._epoch(event)
+        elif kind == "warning" and event.message:
+            self._write(f"warning: {event.message}")
 
     def _step(self, event: "TrainEvent") -> None:
         if self.bar is None:
@@ -86,6 +89,8 @@ class TrainingProgressPrinter:
         if event.eta_s is not None and (event.epoch or "fold" in m):
             parts.append(f"ETA {event.eta_s:.0f}s")
         self._write(" | ".join(parts))
+        if isinstance(m.get("mining"), dict):
+            self._write(mining_line(m["mining"]))
 
     def _write(self, text: str) -> None:
         text = printable(text)
@@ -93,6 +98,12 @@ class TrainingProgressPrinter:
             self.bar.write(text, file=self.stream)
         else:
             print(text, file=self.stream, flush=True)
+
+
+def mining_line(mining: dict) -> str:
+    """The mining statistics of the steps before a validation, in one short line."""
+    kinds = " ".join(f"{name} {100 * mining.get(key, 0.0):.0f}%" for key, name in (("hard", "hard"), ("semi_hard", "semi-hard"), ("easy", "easy")))
+    return f"{'':>9}   triplets {kinds} | d(a,p) {_fmt(mining.get('d_ap'))} d(a,n) {_fmt(mining.get('d_an'))}"
 
 
 def _is_terminal(stream) -> bool:

@@ -6,7 +6,19 @@ import argparse
 import threading
 
 # Light imports only: the parser is built from these (see cli/__init__.py).
-from ..choices import BACKBONES, DEFAULT_BACKBONE, DISTANCES, HEADS, MINING_STRATEGIES, REDUCTIONS, TRAIN_MODES
+from ..choices import (
+    BACKBONES,
+    DEFAULT_BACKBONE,
+    DEFAULT_DISTANCE,
+    DEFAULT_MINING,
+    DEFAULT_REDUCTION,
+    DEFAULT_TRAIN_MODE,
+    DISTANCES,
+    HEADS,
+    MINING_STRATEGIES,
+    REDUCTIONS,
+    TRAIN_MODES,
+)
 from ..paths import models_dir
 from .common import add_device_argument, add_weights_argument
 
@@ -16,14 +28,14 @@ def register(subparsers) -> None:
     parser.add_argument("folder", help="image folder: one sub-folder per class")
     parser.add_argument("--out", default=None, help="checkpoint folder (default: models/<folder name>)")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=BACKBONES)
-    parser.add_argument("--mode", default="auto", choices=TRAIN_MODES, help="quick: frozen backbone, head only (seconds on a CPU); full: end to end; auto: quick for pretrained backbones")
+    parser.add_argument("--mode", default=DEFAULT_TRAIN_MODE, choices=TRAIN_MODES, help="quick: frozen backbone, head only (seconds on a CPU); full: end to end; auto: quick for pretrained backbones")
     parser.add_argument("--dim", type=int, default=128, help="embedding dimension of the linear and mlp heads (default 128; the identity head keeps the backbone's)")
     parser.add_argument("--head", default=None, choices=HEADS, help="identity: full-dimension map starting as the backbone (default for pretrained backbones); linear: PCA-started map to --dim (default from scratch); mlp")
     add_weights_argument(parser)
-    parser.add_argument("--distance", default="euclidean", choices=DISTANCES)
+    parser.add_argument("--distance", default=DEFAULT_DISTANCE, choices=DISTANCES)
     parser.add_argument("--margin", type=float, default=0.2)
-    parser.add_argument("--mining", default="batch_all", choices=MINING_STRATEGIES)
-    parser.add_argument("--reduction", default="mean", choices=REDUCTIONS)
+    parser.add_argument("--mining", default=DEFAULT_MINING, choices=MINING_STRATEGIES)
+    parser.add_argument("--reduction", default=DEFAULT_REDUCTION, choices=REDUCTIONS)
     parser.add_argument("--epochs", type=int, default=None, help="passes over the training images; default: 100 per run (quick) / 10 (full), or set by --time-budget alone")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="quick: the whole selection and refit fit in it; full: stop after this long, keeping the best epoch")
     parser.add_argument("--patience", type=int, default=8, help="full mode: stop after this many epochs without a better validation score")

@@ -17,6 +17,7 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn.functional as F
 
+from ..choices import DISTANCES as DISTANCE_NAMES
 from ..errors import ModelError
 
 PairedFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -162,6 +163,7 @@ DISTANCES: dict[str, Distance] = {
         Distance("linf", linf_distance, _linf_matrix),
     )
 }
+assert tuple(DISTANCES) == DISTANCE_NAMES, "choices.DISTANCES and losses.distances.DISTANCES must list the same distances"
 
 
 def get_distance(distance: DistanceLike) -> Distance:

@@ -20,6 +20,12 @@ def check_reduction(reduction: str, allowed: tuple[str, ...] = EXPLICIT_REDUCTIO
     return reduction
 
 
+def margin_violation(d_ap: torch.Tensor, d_an: torch.Tensor, margin: float) -> torch.Tensor:
+    """The triplet formula, the one place it is written: max(d(a, p) − d(a, n) + margin, 0)
+    per triplet, from the anchor–positive and anchor–negative distances."""
+    return torch.relu(d_ap - d_an + margin)
+
+
 def triplet_margin_loss(
     anchor: torch.Tensor,
     positive: torch.Tensor,
@@ -36,7 +42,7 @@ def triplet_margin_loss(
     "none" returns the (N,) per-triplet losses."""
     check_reduction(reduction)
     dist = get_distance(distance)
-    per_triplet = torch.relu(dist.paired(anchor, positive) - dist.paired(anchor, negative) + margin)
+    per_triplet = margin_violation(dist.paired(anchor, positive), dist.paired(anchor, negative), margin)
     if reduction == "none":
         return per_triplet
     return per_triplet.sum() if reduction == "sum" else per_triplet.mean()

@@ -13,12 +13,13 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .. import choices
 from ..errors import ModelError
 from .backbones import LITE0_FEATURES, RESNET_FEATURES, Lite0Features, ResNetFeatures, SmallCNN, small_cnn_backbone
 from .embedding_net import EmbeddingNet, ModelSpec
 from .heads import get_head_spec, make_head
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_BACKBONE = choices.DEFAULT_BACKBONE
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 BackboneFactory = Callable[..., nn.Module]
 
@@ -117,3 +118,6 @@ def _resnet18(pretrained: bool, weights: str | Path | None) -> nn.Module:
 @register_model(ModelSpec("resnet50", 224, 3, IMAGENET_MEAN, IMAGENET_STD, RESNET_FEATURES["resnet50"], True, 448))
 def _resnet50(pretrained: bool, weights: str | Path | None) -> nn.Module:
     return ResNetFeatures("resnet50", pretrained, weights)
+
+
+assert tuple(list_models()) == choices.BACKBONES, "choices.BACKBONES must list the registered backbones"

@@ -8,7 +8,18 @@ from typing import Any
 
 from ..errors import RetrievalAppError
 
-from ..choices import DEFAULT_HEAD, HEADS, REDUCTIONS, TRAIN_MODES as MODES
+from ..choices import (
+    DEFAULT_BACKBONE,
+    DEFAULT_DISTANCE,
+    DEFAULT_HEAD,
+    DEFAULT_MINING,
+    DEFAULT_REDUCTION,
+    DEFAULT_TRAIN_MODE,
+    HEADS,
+    MINING_STRATEGIES,
+    REDUCTIONS,
+    TRAIN_MODES as MODES,
+)
 # Backbones without pretrained weights can only be trained end to end.
 FROM_SCRATCH_BACKBONES = ("small_cnn",)
 # Quick mode: passes over the training images per run (each fold, and the refit).
@@ -22,16 +33,16 @@ EPOCHS_UNDER_BUDGET = 1_000_000
 class TrainConfig:
     folder: str
     out_dir: str
-    backbone: str = "efficientnet_lite0"
-    mode: str = "auto"  # quick: frozen backbone, cached features, head only; full: end to end
+    backbone: str = DEFAULT_BACKBONE
+    mode: str = DEFAULT_TRAIN_MODE  # quick: frozen backbone, cached features, head only; full: end to end
     dim: int = 128
     normalize: bool = True
     head: str | None = None  # None: identity for pretrained backbones, linear from scratch
     weights: str | None = None  # local backbone weights file (offline ResNets)
-    distance: str = "euclidean"
+    distance: str = DEFAULT_DISTANCE
     margin: float = 0.2
-    mining: str = "batch_all"
-    reduction: str = "mean"
+    mining: str = DEFAULT_MINING
+    reduction: str = DEFAULT_REDUCTION
     epochs: int | None = None
     time_budget: float | None = None  # seconds
     batch_size: int = 64
@@ -100,9 +111,8 @@ class TrainConfig:
         return 3e-4 if self.resolved_head() == "identity" else 1e-3
 
     def validate(self) -> "TrainConfig":
-        from ..losses import MINING_STRATEGIES
         from ..losses.distances import get_distance
-        from ..networks import list_models
+        from ..networks import list_models  # the registry: users may register more backbones
 
         problems = []
         if self.backbone not in list_models():
@@ -124,7 +134,7 @@ class TrainConfig:
         if self.folds < 0:
             problems.append("folds must not be negative")
         if self.reduction not in REDUCTIONS:
-            problems.append("reduction must be 'mean' or 'sum'")
+            problems.append(f"reduction must be one of {', '.join(REDUCTIONS)}")
         try:
             get_distance(self.distance)
         except Exception as exc:  # the distance registry words its own message

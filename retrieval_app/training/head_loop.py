@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
@@ -20,10 +20,15 @@ import torch
 from ..data.sampler import PKSampler
 from ..data.triplets import sample_random_triplets
 from ..errors import RetrievalAppError
-from ..losses import OnlineTripletLoss, triplet_margin_loss
+from ..losses import TripletLoss
 from .config import TrainConfig
+from .mining_monitor import MiningMonitor
 
 PROGRESS_INTERVAL_S = 0.2  # how often the loop reports loss and speed
+# Mining statistics are taken every this many steps: typing the ~11,500 valid triplets of
+# a 64-item batch costs ~0.5 ms against a ~4 ms step (measured on one thread), an eighth
+# of a step; every 16th step it is under 1 %.
+STATS_EVERY = 16
 
 ProgressFn = Callable[["StepStats"], None]
 EvalFn = Callable[[int, float], None]  # (step, elapsed seconds of this run)
@@ -36,6 +41,7 @@ class StepStats:
     active_fraction: float
     images: int  # images seen in this run
     elapsed_s: float
+    data: dict = field(default_factory=dict)  # "mining" (statistics since the last report), "inactive_steps"
 
 
 class TrainingStopped(Exception):
@@ -77,15 +83,17 @@ class HeadLoop:
         self.cancel = cancel or threading.Event()
         self.optimizer = make_optimizer(net.head.parameters(), lr, config.weight_decay)
         self.batches = batch_indices(labels.cpu(), config, seed)
-        self.loss_fn = None if config.mining == "random" else OnlineTripletLoss(config.mining, margin=config.margin, distance=config.distance, reduction=config.reduction)
+        self.loss_fn = TripletLoss(config.mining, margin=config.margin, distance=config.distance, reduction=config.reduction)
+        self.monitor = MiningMonitor(self.loss_fn, every=STATS_EVERY)
         self.steps = 0
         self.images = 0
 
     def run(self, *, steps: int | None = None, deadline: float | None = None, eval_at: Callable[[int, float], bool] | None = None,
-            on_eval: EvalFn | None = None, on_progress: ProgressFn | None = None) -> int:
-        """Train until `steps` more steps are done or `time.monotonic()` passes
-        `deadline`; calls `on_eval(step, elapsed)` where `eval_at(step, elapsed)` says so.
-        Raises `TrainingStopped` when cancelled. Returns the steps done in this run."""
+            on_eval: EvalFn | None = None, on_progress: ProgressFn | None = None, stop=None) -> int:
+        """Train until `steps` more steps are done, `time.monotonic()` passes `deadline`
+        or `stop` (anything with `is_set()`, e.g. a callback's `StopRequest`) is set;
+        calls `on_eval(step, elapsed)` where `eval_at(step, elapsed)` says so. Raises
+        `TrainingStopped` when cancelled. Returns the steps done in this run."""
         if steps is None and deadline is None:
             raise ValueError("give steps, a deadline or both")
         started = time.monotonic()
@@ -95,12 +103,15 @@ class HeadLoop:
         while self.steps < target and (deadline is None or time.monotonic() < deadline):
             if self.cancel.is_set():
                 raise TrainingStopped()
+            if stop is not None and stop.is_set():
+                break
             loss, active = self.step()
             losses.append(loss)
             actives.append(active)
             now = time.monotonic()
             if on_progress is not None and (now - last_report >= PROGRESS_INTERVAL_S or self.steps == target):
-                on_progress(StepStats(self.steps, float(torch.stack(losses).mean()), sum(actives) / len(actives), self.images, now - started))
+                data = {"mining": self.monitor.interval(), "inactive_steps": self.monitor.inactive_steps}
+                on_progress(StepStats(self.steps, float(torch.stack(losses).mean()), sum(actives) / len(actives), self.images, now - started, data))
                 last_report, losses, actives = now, [], []
             if on_eval is not None and eval_at is not None and eval_at(self.steps, now - started):
                 on_eval(self.steps, now - started)
@@ -110,17 +121,11 @@ class HeadLoop:
     def step(self) -> tuple[torch.Tensor, float]:
         index = next(self.batches)
         embeddings = self.net.embed_features(self.features[index])
-        if self.loss_fn is None:
-            anchors, positives, negatives = embeddings.chunk(3)
-            loss = triplet_margin_loss(anchors, positives, negatives, margin=self.config.margin, distance=self.config.distance, reduction="none")
-            active = float((loss > 0).float().mean())
-            loss = loss.mean() if self.config.reduction == "mean" else loss.sum()
-        else:
-            out = self.loss_fn(embeddings, self.labels[index])
-            loss, active = out.loss, out.active_fraction
+        out = self.loss_fn(embeddings, self.labels[index])
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        out.loss.backward()
         self.optimizer.step()
+        self.monitor.observe(out, out.active_fraction)
         self.steps += 1
         self.images += len(index)
-        return loss.detach(), float(active)
+        return out.loss.detach(), out.active_fraction

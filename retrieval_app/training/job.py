@@ -7,7 +7,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import RetrievalAppError, TrainingCancelled
 from .config import TrainConfig
@@ -32,6 +32,10 @@ class JobSnapshot:
     loss_history: list[tuple[int, float]] = field(default_factory=list)
     active_history: list[tuple[int, float]] = field(default_factory=list)
     val_history: list[dict[str, Any]] = field(default_factory=list)
+    # Every key of every event's `data`, as (step, value) in arrival order: mining
+    # statistics, map frames, ... whatever the trainer and its callbacks send.
+    series: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     images_per_s: float | None = None
     eta_s: float | None = None
     message: str = ""
@@ -46,9 +50,12 @@ class JobSnapshot:
 
 
 class TrainingJob:
-    def __init__(self, config: TrainConfig, on_event: EventCallback = ignore_event) -> None:
+    """`callbacks` go to the `Trainer` (e.g. live map frames); `on_event` sees every event."""
+
+    def __init__(self, config: TrainConfig, on_event: EventCallback = ignore_event, callbacks: Sequence = ()) -> None:
         self.config = config
         self._on_event = on_event
+        self._callbacks = list(callbacks)
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._snapshot = JobSnapshot()
@@ -81,6 +88,8 @@ class TrainingJob:
                 loss_history=list(snap.loss_history),
                 active_history=list(snap.active_history),
                 val_history=list(snap.val_history),
+                series={key: list(values) for key, values in snap.series.items()},
+                warnings=list(snap.warnings),
             )
 
     @property
@@ -90,7 +99,7 @@ class TrainingJob:
     # ------------------------------------------------------------ worker side
     def _run(self) -> None:
         try:
-            result = Trainer(self.config, on_event=self._record, cancel=self._cancel).run()
+            result = Trainer(self.config, on_event=self._record, cancel=self._cancel, callbacks=self._callbacks).run()
             state = "cancelled" if result.stopped_because == "cancelled" else "done"
             self._finish(state, message=result.summary, result=result)
         except TrainingCancelled:
@@ -119,6 +128,11 @@ class TrainingJob:
                 snap.active_history.append((event.step, event.active_fraction))
             if event.kind == "epoch":
                 snap.val_history.append(event.metrics)
+            if event.kind == "warning" and event.message:
+                snap.warnings.append(event.message)
+            for key, value in event.data.items():
+                if value is not None:
+                    snap.series.setdefault(key, []).append((event.step, value))
         self._on_event(event)
 
     def _finish(self, state: str, *, message: str, result: TrainResult | None = None, error: str | None = None) -> None:

@@ -187,6 +187,25 @@ class FullSource(_Source):
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.net(inputs)
 
+    def embed_now(self, records) -> np.ndarray:
+        """`records` embedded by the network as it is now, in eval mode, and the network
+        put back in the mode it was in (called between training steps, e.g. for a live
+        map frame). Small inputs come from memory; unreadable images give zero rows."""
+        from ..retrieval.embed import embed_records
+
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            if self.decoded is not None:
+                rows = torch.as_tensor([self.decoded_rows[r.id] for r in records], dtype=torch.long)
+                with torch.inference_mode():
+                    return torch.cat([self.net(self.decoded.batch(rows[i:i + 512], augment=False).to(self.device)).float().cpu()
+                                      for i in range(0, len(rows), 512)]).numpy()
+            result = embed_records(self.net, records, device=self.device, cancel=self.cancel, num_workers=0, batch_size=CPU_VALIDATION_BATCH if self.device.type == "cpu" else 64)
+            return np.where(np.asarray(result.ok, dtype=bool)[:, None], result.embeddings, 0.0).astype(np.float32)
+        finally:
+            self.net.train(was_training)
+
     def validation_embeddings(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         from ..retrieval.embed import embed_records
 

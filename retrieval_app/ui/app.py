@@ -14,12 +14,11 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from ..errors import RetrievalAppError
-from ..losses import MINING_STRATEGIES
+from ..choices import DEFAULT_DISTANCE, DEFAULT_MINING, DEFAULT_TRAIN_MODE, DISTANCES, MINING_STRATEGIES, TRAIN_MODES
 from ..networks import DEFAULT_BACKBONE, list_models
 from ..paths import models_dir, sample_data_dir
 from ..retrieval.projection import METHODS
 from ..training import delete_checkpoint, list_checkpoints
-from ..training.config import MODES
 from . import dial as dial_view
 from .access import DataRoots, expire_uploads, extract_upload
 from .plot import PLOT_CSS, PLOT_JS, PLOT_TEMPLATE, map_figure_json
@@ -32,7 +31,6 @@ INTRO = """# Image similarity search
 **2 · Explore**: click a point on the map to see its nearest neighbours ·
 **3 · Query**: drop an image on the query box ·
 **4 · Fine-tune** the network with a triplet loss (below) · **5 · Models**: reuse or delete trained models."""
-DISTANCES = ["euclidean", "squared_euclidean", "cosine", "linf"]
 METHOD_LABELS = {"umap": "UMAP", "pca": "PCA", "tsne": "t-SNE"}
 PLOTLY_JS = Path(__import__("plotly").__file__).parent / "package_data" / "plotly.min.js"
 # The training form's blend: the dial's recommended point, or one fixed in advance.
@@ -508,10 +506,10 @@ def build_app(config: AppConfig) -> gr.Blocks:
         with gr.Accordion("4 · Fine-tune with a triplet loss", open=False):
             with gr.Row():
                 backbone = gr.Dropdown(label="Backbone", choices=list_models(), value=DEFAULT_BACKBONE)
-                mode = gr.Radio(label="Mode", choices=list(MODES), value="auto", info="quick: frozen backbone, head only")
-                distance = gr.Dropdown(label="Distance", choices=DISTANCES, value="euclidean")
+                mode = gr.Radio(label="Mode", choices=list(TRAIN_MODES), value=DEFAULT_TRAIN_MODE, info="quick: frozen backbone, head only")
+                distance = gr.Dropdown(label="Distance", choices=list(DISTANCES), value=DEFAULT_DISTANCE)
                 margin = gr.Number(label="Margin", value=0.2, minimum=0)
-                mining = gr.Dropdown(label="Mining", choices=list(MINING_STRATEGIES), value="batch_all")
+                mining = gr.Dropdown(label="Mining", choices=list(MINING_STRATEGIES), value=DEFAULT_MINING)
             with gr.Row():
                 epochs = gr.Number(label="Epochs", value=None, precision=0, minimum=0, info="0 or empty: the default, or as many as the time budget allows")
                 budget = gr.Number(label="Time budget, s (optional)", value=None, info="0 or empty: no limit")
