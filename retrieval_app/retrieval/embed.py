@@ -17,8 +17,8 @@ network runs thousands of images a second on one core, so (measured on 20,000
 Fashion-MNIST PNGs, bench/bench_embed_small.py) the costs that matter are per image and
 per thread, not the forward pass. The forward pass runs on one intra-op thread
 (`threads.network_workload`: more threads only fight the decoding thread and each other),
-the decoding thread on one, and images are decoded to uint8 pixels that are normalised a
-whole batch at a time (`SmallEvalPixels` + `PixelNormaliser`: the eval transform's values)."""
+and images are decoded to uint8 pixels that are normalised a whole batch at a time
+(`SmallEvalPixels` + `PixelNormaliser`: the eval transform's values)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from ..data.scan import ImageRecord
 from ..device import select_device
 from ..errors import RetrievalAppError, TrainingCancelled
 from ..networks.transforms import PixelNormaliser, SmallEvalPixels, has_small_input
-from ..threads import network_workload, use_threads, workload_threads
+from ..threads import network_workload, workload_threads
 
 OUTPUTS = ("embeddings", "features")
 ProgressFn = Callable[[int, int], None]
@@ -227,13 +227,13 @@ def _prefetch_in_thread(iterable: Iterable, depth: int) -> Iterator:
     done = object()
 
     def produce() -> None:
+        # No thread count is set here: `torch.set_num_threads` is partly process-wide (it
+        # also clears oneDNN's primitive cache), and one call in this thread slowed the
+        # forward pass in the other by a third (EfficientNet-Lite0, measured).
         try:
-            # Decoding's tensor work is per image or per small batch: one thread, which
-            # leaves the other cores to the forward pass.
-            with use_threads(1):
-                for item in iterable:
-                    if not _put(items, (item, None), stop):
-                        return
+            for item in iterable:
+                if not _put(items, (item, None), stop):
+                    return
         except BaseException as exc:  # handed to the consumer, which re-raises it
             _put(items, (None, exc), stop)
             return
