@@ -64,8 +64,8 @@ def train(state: SessionState, name: str, blend="recommended", epochs=2):
 
 def poll(state):
     out = ui_app.poll_training(state)
-    _, status, _, _, table, _, adopt, box, figure, slider, words = out
-    return {"status": status, "table": table, "adopt": adopt, "box": box, "figure": figure, "slider": slider, "words": words}
+    _, status, _, _, table, _, adopt, box, figure, slider, words, mining, gap, *_live = out
+    return {"status": status, "table": table, "adopt": adopt, "box": box, "figure": figure, "slider": slider, "words": words, "mining": mining, "gap": gap}
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +239,25 @@ def test_the_status_before_the_first_step_is_the_pass_and_its_progress():
     assert "epoch 0" not in text and "0 %" not in text
     later = ui_app._status_text(JobSnapshot(state="running", phase="training", epoch=1, step=3, fraction=0.1))
     assert "epoch 1" in later and "10 %" in later
+
+
+def test_the_panel_plots_the_mining_statistics_and_the_distance_histograms(kept_head):
+    state, snap = kept_head
+    out = poll(state)
+    traces = {trace.name: trace for trace in out["mining"].data}
+    kinds = [name for name in traces if name.startswith(("hard", "semi-hard", "easy"))]
+    assert len(kinds) == 3 and {"mean d(a,p)", "mean d(a,n)"} <= set(traces)
+    shares = np.array([traces[name].y for name in kinds], dtype=float)
+    assert shares.shape[1] >= 2 and np.allclose(shares.sum(0), 1.0, atol=1e-3)  # stacked, they fill the plot
+    assert list(traces["mean d(a,p)"].x) == [step for step, _ in snap.series["mining"]]
+    bars = [trace for trace in out["gap"].data if trace.type == "bar"]
+    latest = [bar for bar in bars if "first" not in bar.name]
+    assert {bar.name for bar in latest} == {"d(a,p)", "d(a,n)"} and all(abs(sum(bar.y) - 1.0) < 1e-6 for bar in latest)
+    assert "step" in out["gap"].layout.title.text
+
+
+def test_warnings_are_said_in_the_status():
+    from retrieval_app.training import JobSnapshot
+
+    text = ui_app._status_text(JobSnapshot(state="running", phase="training", step=9, warnings=["training has stalled: no triplet <b>"]))
+    assert "**Warning:** training has stalled" in text and "<b>" not in text

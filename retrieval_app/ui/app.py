@@ -19,6 +19,7 @@ from ..networks import DEFAULT_BACKBONE, list_models
 from ..paths import models_dir, sample_data_dir
 from ..retrieval.projection import METHODS
 from ..training import delete_checkpoint, list_checkpoints
+from . import diagnostics
 from . import dial as dial_view
 from .access import DataRoots, expire_uploads, extract_upload
 from .plot import PLOT_CSS, PLOT_JS, PLOT_TEMPLATE, map_figure_json
@@ -252,6 +253,8 @@ def _status_text(snap) -> str:
     if snap.eta_s is not None and snap.state == "running":
         parts.append(f"ETA {snap.eta_s:.0f} s")
     text = " · ".join(parts)
+    for warning in snap.warnings:  # e.g. a stall: no active triplet for a long stretch
+        text += f"\n\n**Warning:** {md_escape(warning)}"
     if snap.finished and snap.message:
         text += f"\n\n{md_escape(snap.message)}"
     return text
@@ -299,11 +302,11 @@ def poll_training(state: SessionState | None):
     only when the run saved a model, the switch of map and search to it."""
     dial_skip = (gr.skip(),) * 4
     if state is None or state.job is None:
-        return (state, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip(), *dial_skip)
+        return (state, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip(), *dial_skip, *_panel_skip())
     snap = state.job.snapshot()
     status, curves, validation = _status_text(snap), _curves(snap), _validation(snap)
     if not snap.finished:
-        return (state, status, curves, validation, gr.skip(), gr.Timer(active=True), gr.skip(), *dial_skip)
+        return (state, status, curves, validation, gr.skip(), gr.Timer(active=True), gr.skip(), *dial_skip, *_panel(state, snap))
     table, adopt = (_before_after(snap.result) if snap.result is not None else []), gr.skip()
     first = not state.job_consumed
     switch_to = state.take_outcome(snap)
@@ -311,7 +314,16 @@ def poll_training(state: SessionState | None):
         status += "\n\nSwitching the map and search to the trained model…"
         adopt = f"{switch_to}|{snap.started_at}"  # unique per run, even in the same folder
     dial = _dial_updates(state) if first else dial_skip
-    return (state, status, curves, validation, table, gr.Timer(active=False), adopt, *dial)
+    return (state, status, curves, validation, table, gr.Timer(active=False), adopt, *dial, *_panel(state, snap))
+
+
+def _panel(state: SessionState, snap) -> tuple:
+    """The run's diagnostics: mining statistics over the steps, the distance histograms."""
+    return diagnostics.mining_figure(snap), diagnostics.gap_figure(snap)
+
+
+def _panel_skip() -> tuple:
+    return gr.skip(), gr.skip()
 
 
 def adopt_trained_model(state: SessionState | None, progress=gr.Progress()):
@@ -521,6 +533,9 @@ def build_app(config: AppConfig) -> gr.Blocks:
             with gr.Row():
                 loss_plot = gr.Plot(label="Loss")
                 val_plot = gr.Plot(label="Validation")
+            with gr.Row():
+                mining_plot = gr.Plot(label="Mining", elem_id="mining-plot")
+                gap_plot = gr.Plot(label="Distances", elem_id="gap-plot")
             before_after = gr.Dataframe(headers=["metric", "before (backbone)", "after"], label="Before / after", elem_id="before-after", interactive=False)
             # The specialise <-> generalise dial of a quick-mode run: shown when there is one.
             with gr.Group(visible=False, elem_id="dial") as dial_box:
@@ -560,7 +575,8 @@ def build_app(config: AppConfig) -> gr.Blocks:
         start.click(start_training, [state, backbone, mode, distance, margin, mining, epochs, budget, name, blend], [state, train_status, timer], api_name="train")
         cancel.click(cancel_training, state, train_status, concurrency_limit=None, show_progress="hidden", api_name="cancel_training")
         dial_outputs = [dial_box, dial_plot, dial_blend, dial_words]
-        timer.tick(poll_training, state, [state, train_status, loss_plot, val_plot, before_after, timer, adopt, *dial_outputs], concurrency_limit=None, show_progress="hidden", api_name="training_status")
+        panel_outputs = [mining_plot, gap_plot]
+        timer.tick(poll_training, state, [state, train_status, loss_plot, val_plot, before_after, timer, adopt, *dial_outputs, *panel_outputs], concurrency_limit=None, show_progress="hidden", api_name="training_status")
         # One progress bar, on the status line (not one per output).
         adopt.change(adopt_trained_model, state, [state, train_status, plot, model, models, chosen], concurrency_limit=2, show_progress_on=[train_status], **private).then(model_lists, model, lists, **private)
         dial_blend.change(preview_blend, [state, dial_blend], [dial_plot, dial_words], show_progress="hidden", api_name="preview_blend")
