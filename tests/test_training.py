@@ -285,3 +285,16 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     torch.save({"format": 1, "state_dict": {}, "x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_resume_with_other_settings_is_one_clear_error(shapes_folder, tmp_path, capsys):
+    from retrieval_app.cli import main
+
+    settings = dict(backbone="small_cnn", mode="full", dim=8, batch_size=12, patience=None, epochs=1)
+    Trainer(quick_config(shapes_folder, tmp_path / "r", **settings)).run()
+    with pytest.raises(RetrievalAppError, match=r"trained with dim 8 \(asked for 16\)"):
+        Trainer(quick_config(shapes_folder, tmp_path / "r", **{**settings, "dim": 16}, resume=True)).run()
+    code = main(["train", str(shapes_folder), "--out", str(tmp_path / "r"), "--backbone", "small_cnn", "--mode", "full", "--dim", "16", "--resume", "--epochs", "2", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") >= 1 and err.strip().splitlines()[-1].startswith("error: cannot resume")
+    assert "Traceback" not in err

@@ -250,7 +250,14 @@ class Trainer:
             self._phase("nothing to resume: starting fresh")
             return None
         state = ckpt.load_checkpoint(path)
-        net.load_state_dict(state["state_dict"])
+        saved, wanted = state.get("config", {}), net.config()
+        different = [f"{key} {saved.get(key)!r} (asked for {wanted[key]!r})" for key in ("name", "head", "dim") if saved.get(key) != wanted[key]]
+        if different:
+            raise RetrievalAppError(f"cannot resume {path}: it was trained with " + ", ".join(different) + "; use the same settings, or another --out")
+        try:
+            net.load_state_dict(state["state_dict"])
+        except RuntimeError as exc:
+            raise RetrievalAppError(f"cannot resume {path}: its weights do not fit this model ({str(exc).splitlines()[0]})") from None
         self.history = list(state.get("history", []))
         self._phase(f"resumed after epoch {state['epoch']}")
         return state

@@ -22,9 +22,9 @@ from ..training import delete_checkpoint, list_checkpoints
 from . import diagnostics
 from . import dial as dial_view
 from .access import DataRoots, expire_uploads, extract_upload
-from .plot import PLOT_CSS, PLOT_JS, PLOT_TEMPLATE, map_figure_json
+from .plot import PLOT_CSS, PLOT_JS, PLOT_TEMPLATE, file_url, highlight_json, highlight_payload, map_payload
 from .served import served_root
-from .session import SessionState, uploads_dir, uploads_root
+from .session import SessionRegistry, SessionState, uploads_dir, uploads_root
 from .text import error_text, md_escape, plural
 
 INTRO = """# Image similarity search
@@ -44,6 +44,8 @@ class AppConfig:
     folder: Path | None = None
     data_roots: DataRoots = field(default_factory=DataRoots)
     allowed_paths: list[str] = field(default_factory=list)
+    # This app's sessions, for the map's hover requests (one registry per app, not global).
+    sessions: SessionRegistry = field(default_factory=SessionRegistry)
 
 
 def _model_choices() -> list[str | tuple[str, str]]:
@@ -63,20 +65,37 @@ def _neighbour_items(state: SessionState, neighbours) -> list[tuple[str, str]]:
     """Gallery items: thumbnail and "rank. ✓ class · distance · id" (the page wraps the
     caption, so the whole id shows, colours ✓ green and ✗ red, and gives it as a tooltip)."""
     items = []
-    for rank, n in enumerate(neighbours, 1):
+    thumbs = state.thumbnails([n.index for n in neighbours])  # made now: only what is shown
+    for rank, (n, thumb) in enumerate(zip(neighbours, thumbs), 1):
         mark = "✓ " if n.same_class else ("✗ " if n.same_class is False else "")
-        items.append((str(state.thumb(n.index)), f"{rank}. {mark}{n.label} · {n.distance:.3f} · {n.id}"))
+        items.append((str(thumb), f"{rank}. {mark}{n.label} · {n.distance:.3f} · {n.id}"))
     return items
 
 
 def _map_value(state: SessionState) -> str:
+    """The whole map (points and highlight): sent when the points change."""
     if state.gallery is None or state.projection is None:
         return ""
     g, p = state.gallery, state.projection
-    query, neighbours = state.highlight
     title = f"{METHOD_LABELS[p.method]} of {plural(len(g), 'image')} · {_model_name(state.model_spec)}" + (f" · {p.note}" if p.note else "")
-    revision = f"{g.root}|{state.model_spec}|{p.method}|{len(g)}"
-    return map_figure_json(p.coords, g.labels, g.classes, [r.id for r in g.records], state.thumbs, query=query, neighbours=neighbours, query_point=state.query_point, title=title, revision=revision)
+    return map_payload(p.coords, g.labels, g.classes, [r.id for r in g.records], token=state.page_token, highlight=_highlight(state), title=title, revision=_revision(state))
+
+
+def _revision(state: SessionState) -> str:
+    return f"{state.gallery.root}|{state.model_spec}|{state.projection.method}|{len(state.gallery)}"
+
+
+def _highlight(state: SessionState) -> dict:
+    query, neighbours = state.highlight
+    return highlight_payload(query=query, neighbours=neighbours, query_point=state.query_point, seq=state.next_seq())
+
+
+def _highlight_update(state: SessionState | None):
+    """Only the map's highlight (the component's `highlight` prop): what a click or a
+    query changes; the points stay on the page."""
+    if state is None or state.gallery is None or state.projection is None:
+        return gr.skip()
+    return gr.HTML(highlight=highlight_json(state.projection.coords, _revision(state), _highlight(state)))
 
 
 def _scan_summary(state: SessionState) -> str:
@@ -99,7 +118,7 @@ def _error(exc: Exception) -> str:
 # ------------------------------------------------------------------ handlers
 def load_folder(config: AppConfig, state: SessionState | None, folder: str, model: str, method: str, progress=gr.Progress()):
     """Load a typed or picked folder (checked against the data roots in share mode)."""
-    state = state or SessionState()
+    state = state or config.sessions.new()
     try:
         resolved = config.data_roots.check(folder)
     except Exception as exc:
@@ -159,7 +178,8 @@ def neighbours_of_point(state: SessionState | None, index: float | None, k: int,
         state.clear_query()
         return state, [], None, _error(exc)
     index = int(index)
-    return state, _neighbour_items(state, neighbours), str(state.thumb(index)), _point_summary(state, index, neighbours)
+    items = _neighbour_items(state, neighbours)
+    return state, items, str(state.thumb(index)), _point_summary(state, index, neighbours)
 
 
 def query_image(state: SessionState | None, upload: dict | str | None, k: int):
@@ -178,24 +198,36 @@ def query_image(state: SessionState | None, upload: dict | str | None, k: int):
 
 
 def change_k(state: SessionState | None, k: int):
-    """Moving the k slider repeats the last query (a clicked point or a dropped image) and
-    redraws the highlight; with nothing asked yet it changes nothing."""
+    """Moving the k slider repeats the last query (a clicked point or a dropped image); the
+    highlight is redrawn after it. With nothing asked yet it changes nothing."""
     if state is None or state.gallery is None or state.last_query is None:
-        return state, gr.skip(), gr.skip(), gr.skip()
+        return state, gr.skip(), gr.skip()
     try:
         neighbours = state.repeat_query(int(k))
     except Exception as exc:
-        return state, gr.skip(), _error(exc), gr.skip()
+        return state, gr.skip(), _error(exc)
     if isinstance(state.last_query, int):
         summary = _point_summary(state, state.last_query, neighbours)
     else:
         summary = _image_summary(neighbours)
-    return state, _neighbour_items(state, neighbours), summary, _map_value(state)
+    return state, _neighbour_items(state, neighbours), summary
 
 
-def redraw(state: SessionState | None):
-    """The map with the current highlight (chained after each query, so the gallery comes first)."""
-    return _map_value(state) if state is not None else ""
+def redraw_highlight(state: SessionState | None):
+    """The map's highlight after a query (chained after it, so the gallery comes first)."""
+    return _highlight_update(state)
+
+
+def hover_answer(sessions: SessionRegistry, data) -> dict:
+    """The page's request for a hovered point's thumbnail, `[session token, point index]`
+    → {"url": ...} ("" when there is none). Made and served now, for that session only."""
+    try:
+        token, index = data
+        index = int(index)
+    except (TypeError, ValueError):
+        return {"url": ""}
+    state = sessions.get(token)
+    return {"url": file_url(state.thumb(index)) if state is not None else ""}
 
 
 def start_training(state: SessionState | None, backbone, mode, distance, margin, mining, epochs, budget, name, blend=RECOMMENDED):
@@ -457,7 +489,7 @@ def upload_folder(config: AppConfig, state: SessionState | None, files, model, m
     """An uploaded zip / images: unpacked into this session's part of the app cache (never
     into a user folder), then loaded like a folder. The unpacked folder is ours, so share
     mode's data roots do not apply to it."""
-    state = state or SessionState()
+    state = state or config.sessions.new()
     if not files:
         yield state, "Choose a zip or some images first.", _map_value(state), gr.skip()
         return
@@ -493,6 +525,11 @@ def build_app(config: AppConfig) -> gr.Blocks:
     # Gradio's temporary copies (query uploads, gallery images) older than a day go hourly.
     with gr.Blocks(title="retrieval-app", delete_cache=(3600, 24 * 3600)) as demo:
         state = gr.State(None, delete_callback=end_session)
+
+        def hover_thumbnail(data):
+            """The map's server function (its name is what the page calls): see `hover_answer`."""
+            return hover_answer(config.sessions, data)
+
         gr.Markdown(INTRO)
         with gr.Row(equal_height=True):
             # Paths and checkpoints are filled when a page opens (`open_page`), never built in.
@@ -507,7 +544,8 @@ def build_app(config: AppConfig) -> gr.Blocks:
             with gr.Column(scale=3):
                 # Label hidden: the three choices name themselves, right above the map.
                 method = gr.Radio(label="Map", show_label=False, container=False, choices=[(METHOD_LABELS[m], m) for m in METHODS], value="umap", elem_id="map-method")
-                plot = gr.HTML(value="", html_template=PLOT_TEMPLATE, css_template=PLOT_CSS, js_on_load=PLOT_JS, elem_id="embedding-plot", apply_default_css=False, label="Map (plotly figure as JSON)")
+                plot = gr.HTML(value="", html_template=PLOT_TEMPLATE, css_template=PLOT_CSS, js_on_load=PLOT_JS, elem_id="embedding-plot", apply_default_css=False,
+                               label="Map (compact JSON, see plot.py)", highlight="", server_functions=[hover_thumbnail])
             with gr.Column(scale=2):
                 query = gr.Image(label="Query: drop, paste or click to upload an image", type="filepath", sources=["upload", "clipboard"], height=200, elem_id="query-image")
                 # The map sends a click's point in the event; API callers give the index here.
@@ -568,10 +606,10 @@ def build_app(config: AppConfig) -> gr.Blocks:
         picker.change(lambda p: p or gr.skip(), picker, folder, **private)
         upload.upload(partial(upload_folder, config), [state, upload, model, method], [state, load_status, plot, folder], concurrency_id="load", api_name="upload_folder")
         method.change(change_method, [state, method], [state, load_status, plot], concurrency_limit=2, api_name="set_map_method")
-        plot.click(neighbours_of_point, [state, point_index, k], [state, gallery, query, result], trigger_mode="multiple", concurrency_limit=None, api_name="neighbours_of_point").then(redraw, state, plot, **private)
+        plot.click(neighbours_of_point, [state, point_index, k], [state, gallery, query, result], trigger_mode="multiple", concurrency_limit=None, api_name="neighbours_of_point").then(redraw_highlight, state, plot, show_progress="hidden", **private)
         # Raw upload, decoded by the app (query_input.py); two decodes at a time at most.
-        query.upload(query_image, [state, query, k], [state, gallery, result], preprocess=False, concurrency_limit=2, concurrency_id="query_image", api_name="query_image").then(redraw, state, plot, **private)
-        k.change(change_k, [state, k], [state, gallery, result, plot], trigger_mode="always_last", api_name="set_k")
+        query.upload(query_image, [state, query, k], [state, gallery, result], preprocess=False, concurrency_limit=2, concurrency_id="query_image", api_name="query_image").then(redraw_highlight, state, plot, show_progress="hidden", **private)
+        k.change(change_k, [state, k], [state, gallery, result], trigger_mode="always_last", api_name="set_k").then(redraw_highlight, state, plot, show_progress="hidden", **private)
         start.click(start_training, [state, backbone, mode, distance, margin, mining, epochs, budget, name, blend], [state, train_status, timer], api_name="train")
         cancel.click(cancel_training, state, train_status, concurrency_limit=None, show_progress="hidden", api_name="cancel_training")
         dial_outputs = [dial_box, dial_plot, dial_blend, dial_words]
