@@ -21,6 +21,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 import ui_helpers  # noqa: E402
 from retrieval_app.ui.access import MAX_UPLOAD_FILE_BYTES  # noqa: E402
+from retrieval_app.ui.plot import decode_map  # noqa: E402
 from retrieval_app.ui.launch import launch_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,8 +92,9 @@ def caption_ids(gallery) -> list[str]:
     return [item["caption"].rsplit(" · ", 1)[-1] for item in gallery]
 
 
-def map_traces(figure_json: str) -> dict[str, dict]:
-    return {trace["name"]: trace for trace in json.loads(figure_json)["data"]}
+def map_overlays(map_json: str) -> dict[str, dict]:
+    """The map's highlight (rings, star) by name."""
+    return {o["name"]: o for o in (decode_map(map_json)["highlight"] or {}).get("overlays", [])}
 
 
 def sample_queries(n: int) -> list[Path]:
@@ -132,7 +134,7 @@ def test_an_image_through_the_api_gives_the_cores_neighbours(client, core_galler
 def test_a_corrupt_query_gives_one_line_and_clears_the_old_results(client, env):
     client.predict(handle_file(str(ROOT / "sample_data" / "Leopards" / "image_0020.jpg")), K, api_name="/query_image")
     _, figure = client.predict("pca", api_name="/set_map_method")
-    assert {"query", "neighbours"} <= set(map_traces(figure))  # a star and rings to be cleared
+    assert {"query", "neighbours"} <= set(map_overlays(figure))  # a star and rings to be cleared
     broken = env["base"] / "broken.jpg"
     broken.write_text("these are text bytes, not a JPEG")
     gallery, message = client.predict(handle_file(str(broken)), K, api_name="/query_image")
@@ -140,7 +142,7 @@ def test_a_corrupt_query_gives_one_line_and_clears_the_old_results(client, env):
     assert message.startswith("**Error:** broken\\.jpg\\: not a recognised image file") and "\n" not in message
     assert "preprocess" not in message.lower() and "UnidentifiedImageError" not in message
     _, figure = client.predict("pca", api_name="/set_map_method")
-    assert not {"query", "neighbours"} & set(map_traces(figure))
+    assert not {"query", "neighbours"} & set(map_overlays(figure))
 
 
 def test_a_huge_one_bit_png_query_is_refused_at_once(client, env):
@@ -179,6 +181,20 @@ def test_100_concurrent_identical_greyscale_queries_all_succeed(server, env, cor
     results = [job.result(timeout=300) for job in jobs]
     failed = [message for gallery, message in results if caption_ids(gallery) != expected]
     assert not failed, f"{len(failed)} of 100 failed, e.g. {failed[:2]}"
+
+
+def test_thumbnails_are_made_for_what_is_shown_not_at_load(server, env):
+    def thumbnails() -> set[Path]:
+        return set((env["cache"] / "thumbs").rglob("*.jpg"))
+
+    before = thumbnails()
+    client = Client(server[1], verbose=False, download_files=False)
+    status, figure = client.predict(str(env["outside"]), "efficientnet_lite0", "pca", api_name="/load_folder")
+    assert "24 images in 3 classes" in status and len(decode_map(figure)["ids"]) == 24
+    assert thumbnails() == before  # none made at load
+    gallery, query, _ = client.predict(3, K, api_name="/neighbours_of_point")
+    made = thumbnails() - before
+    assert len(gallery) == K and query is not None and 1 <= len(made) <= K + 1  # the gallery's and the query's
 
 
 def test_sessions_through_the_api_keep_their_own_folders(server, env, core_gallery):
@@ -322,21 +338,38 @@ def share_client(share_server, env):
     return loaded_client(share_server[1], env["folder"], auth=LOGIN)
 
 
-def served_thumbnails(figure_json: str) -> list[str]:
-    """The thumbnail paths the map links to (customdata[1] = /gradio_api/file=PATH)."""
-    return [row[1].split("file=", 1)[1] for trace in json.loads(figure_json)["data"] for row in trace.get("customdata", []) if row[1]]
+def hover_request(url: str, cookie: str | None, token: str, index) -> tuple[int, dict | bytes]:
+    """What the page sends when a point is hovered: the map's server function
+    `hover_thumbnail([session token, point index])`, over raw HTTP."""
+    status, config = http_request(url, "/config", cookie=cookie)
+    component = next(c["id"] for c in json.loads(config)["components"] if c.get("props", {}).get("elem_id") == "embedding-plot") if status == 200 else 1
+    body = json.dumps({"data": [token, index], "component_id": component, "fn_name": "hover_thumbnail", "session_hash": "made-up"}).encode()
+    status, content = http_request(url, "/gradio_api/component_server/", "POST", cookie=cookie, body=body, headers={"Content-Type": "application/json"})
+    return status, json.loads(content) if status == 200 else content
+
+
+def served_thumbnails(url: str, cookie: str, map_json: str) -> list[str]:
+    """The thumbnail of every point, as a hover would make and serve it (the map itself
+    links to none)."""
+    decoded = decode_map(map_json)
+    answers = [hover_request(url, cookie, decoded["token"], i) for i in range(len(decoded["ids"]))]
+    assert all(status == 200 for status, _ in answers)
+    return [answer["url"].split("file=", 1)[1] for _, answer in answers if answer["url"]]
 
 
 def test_share_mode_serves_only_the_sessions_thumbnails(share_server, share_client, env):
     url = share_server[1]
     cookie = login_cookie(url)
     _, figure = share_client.predict("pca", api_name="/set_map_method")
-    thumbs = served_thumbnails(figure)
+    thumbs = served_thumbnails(url, cookie, figure)
     assert len(thumbs) == 8 * len(CLASSES)
     served_root = env["cache"] / "served"
     assert all(Path(t).is_relative_to(served_root) for t in thumbs)
     assert http_request(url, f"/gradio_api/file={thumbs[0]}", cookie=cookie)[0] == 200
     assert http_request(url, f"/gradio_api/file={thumbs[0]}")[0] in (401, 403)  # and only with the login
+    token = decode_map(figure)["token"]
+    assert hover_request(url, None, token, 0)[0] in (401, 403)  # hover requests need the login too,
+    assert hover_request(url, cookie, "0" * 32, 0) == (200, {"url": ""})  # and this session's token
     stores = sorted((env["cache"] / "embeddings").rglob("store.npz"))
     cached_thumbs = sorted((env["cache"] / "thumbs").rglob("*.jpg"))
     assert stores and cached_thumbs
@@ -356,7 +389,7 @@ def test_share_mode_refuses_traversal_out_of_the_served_folder(share_server, sha
     url = share_server[1]
     cookie = login_cookie(url)
     _, figure = share_client.predict("pca", api_name="/set_map_method")
-    thumb = Path(served_thumbnails(figure)[0])
+    thumb = Path(served_thumbnails(url, cookie, figure)[0])
     store = sorted((env["cache"] / "embeddings").rglob("store.npz"))[0]
     up = "/".join([".."] * len(thumb.relative_to(env["cache"]).parts[:-1]))
     escape = env["cache"] / "served" / "escape.jpg"
@@ -390,7 +423,7 @@ def test_share_mode_skips_linked_images_that_lie_outside_the_data_roots(share_se
     status, figure = client.predict(str(env["linked"]), "efficientnet_lite0", "pca", api_name="/load_folder")
     assert "16 images in 2 classes" in status
     assert "Skipped 8 files" in status and "outside the data roots" in status
-    ids = [row[2] for trace in json.loads(figure)["data"] for row in trace.get("customdata", [])]
+    ids = decode_map(figure)["ids"]
     assert len(ids) == 16 and not any(i.startswith("smuggled/") for i in ids)
 
 

@@ -66,16 +66,10 @@ def wait_for_neighbours(page, count: int) -> None:
 def test_click_a_plotted_point_shows_its_neighbours(page, server, core_gallery):
     open_app(page, server)
     set_k(page, K)
-    # The pixel position of a real point, from the plot's own axes.
-    point = page.evaluate("""() => {
-        const gd = document.querySelector('#embedding-plot .rmap-plot');
-        const fl = gd._fullLayout, box = gd.getBoundingClientRect(), trace = gd.data[2];
-        return {index: trace.customdata[3][0], id: trace.customdata[3][2],
-                x: box.left + fl.xaxis._offset + fl.xaxis.l2p(trace.x[3]),
-                y: box.top + fl.yaxis._offset + fl.yaxis.l2p(trace.y[3])};
-    }""")
-    page.mouse.move(point["x"], point["y"])
-    page.mouse.click(point["x"], point["y"])
+    # A real point of the third class trace (its customdata: the points' global indices),
+    # clicked at its pixel position computed from the plot's own axes.
+    index = page.evaluate("() => document.querySelector('#embedding-plot .rmap-plot').data[2].customdata[3]")
+    point = ui_helpers.click_point(page, index)
     wait_for_neighbours(page, K)
     expected = core_gallery.neighbours_of_index(core_gallery.index_of_id(point["id"]), K)
     page.wait_for_function("(id) => document.querySelector('#query-result').innerText.includes(id)", arg=point["id"], timeout=30_000)
@@ -84,7 +78,7 @@ def test_click_a_plotted_point_shows_its_neighbours(page, server, core_gallery):
     assert expected[0].id in captions[0]
     assert [n.id for n in expected] == [re.search(r"· (\S+)$", c).group(1) for c in captions]
     # the query and its neighbours are highlighted on the map
-    page.wait_for_function("() => document.querySelector('#embedding-plot .rmap-plot').data.some(t => t.name === 'neighbours' && t.x.length === %d)" % K, timeout=30_000)
+    ui_helpers.wait_for_highlight(page, point, K)
 
 
 def test_drop_a_query_image(page, server, core_gallery, env):
@@ -97,7 +91,7 @@ def test_drop_a_query_image(page, server, core_gallery, env):
     expected = core_gallery.neighbours_of_images([query], K)[0]
     captions = gallery_captions(page)
     assert expected[0].id in captions[0] and "pizza" in captions[0]
-    page.wait_for_function("() => document.querySelector('#embedding-plot .rmap-plot').data.some(t => t.name === 'query')", timeout=30_000)
+    ui_helpers.wait_for_star(page)
 
 
 def open_training(page) -> None:
@@ -191,8 +185,12 @@ def test_files_outside_the_allowed_folders_are_refused(page, server, env, core_g
     thumbs = sorted((env["base"] / "cache" / "thumbs").rglob("*.jpg"))
     assert thumbs and status(thumbs[0]) == 403  # nor the thumbnail cache itself,
     assert status(next((env["base"] / "cache" / "embeddings").rglob("store.npz"))) == 403  # nor embeddings
-    open_app(page, server)  # only the page's own links to its thumbnails
-    hover = page.evaluate("() => document.querySelector('#embedding-plot .rmap-plot').data[0].customdata[0][1]")
+    open_app(page, server)  # only the page's own links to its thumbnails, made when hovered
+    point = ui_helpers.point_position(page, ui_helpers.isolated_points(page, radius_px=3.0)[0])
+    page.mouse.move(point["x"], point["y"])
+    page.wait_for_function("() => { const i = document.querySelector('#embedding-plot .rmap-tip img'); return !!(i && i.complete && i.naturalWidth && i.style.display === 'block'); }", timeout=30_000)
+    hover = page.evaluate("() => document.querySelector('#embedding-plot .rmap-tip img').getAttribute('src')")
+    assert point["id"] in page.inner_text("#embedding-plot .rmap-tip")
     assert "/served/" in hover and status(hover.split("file=", 1)[1]) == 200
 
 

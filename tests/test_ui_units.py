@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import math
@@ -20,7 +21,7 @@ from retrieval_app.training import JobSnapshot
 from retrieval_app.ui import app as ui_app
 from retrieval_app.data import scan_folder
 from retrieval_app.ui.access import MAX_UPLOAD_FILES, DataRoots, UploadLimits, expire_uploads, extract_upload, generate_password, parse_auth
-from retrieval_app.ui.plot import PALETTE, POINT_SIZE, map_figure_json
+from retrieval_app.ui.plot import PALETTE, POINT_SIZE, STAR_SIZE, decode_map, highlight_json, highlight_payload, map_payload
 from retrieval_app.ui.query_input import QUERY_MAX_PIXELS, read_query_image, uploaded_path
 from retrieval_app.ui.served import ServedFiles, expire_served
 from retrieval_app.ui.session import SessionState, _safe_name
@@ -250,57 +251,78 @@ def test_uploads_without_images_are_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- the map
-def test_map_figure_carries_global_indices_and_highlights():
+def test_the_map_payload_decodes_to_each_points_position_class_and_id():
     coords = np.arange(12, dtype=np.float32).reshape(6, 2)
     labels = np.array([1, 0, 1, 0, 1, 1])
-    thumbs = [Path(f"/cache/t{i}.jpg") for i in range(5)] + [None]
-    figure = json.loads(map_figure_json(coords, labels, ["a", "b"], [f"id{i}" for i in range(6)], thumbs, query=2, neighbours=[4, 0]))
-    classes = {t["name"]: t for t in figure["data"] if t["name"] in ("a", "b")}
-    assert [row[0] for row in classes["a"]["customdata"]] == [1, 3]
-    assert [row[0] for row in classes["b"]["customdata"]] == [0, 2, 4, 5]
-    assert classes["b"]["x"] == [0.0, 4.0, 8.0, 10.0]  # each point at its own coordinates
-    assert classes["b"]["customdata"][1][1] == "/gradio_api/file=/cache/t2.jpg"
-    assert classes["b"]["customdata"][3][1] == ""  # no thumbnail, no hover image
-    highlight = {t["name"]: t for t in figure["data"] if t["name"] in ("query", "neighbours")}
-    assert highlight["query"]["x"] == [4.0] and highlight["query"]["y"] == [5.0]
-    assert highlight["neighbours"]["x"] == [8.0, 0.0]
-    assert figure["layout"]["uirevision"]  # zoom survives redraws
+    ids = ["b/x0.png", "a/x1.png", "b/deeper/x2.png", "a/x3.png", "elsewhere/x4.png", "b/x5.png"]
+    value = map_payload(coords, labels, ["a", "b"], ids, token="t0k", highlight=highlight_payload(query=2, neighbours=[4, 0]))
+    decoded = decode_map(value)
+    assert np.array_equal(decoded["coords"], coords) and decoded["labels"].tolist() == labels.tolist()
+    assert decoded["ids"] == ids and decoded["classes"] == ["a", "b"] and decoded["token"] == "t0k"
+    payload = json.loads(value)
+    assert payload["points"]["ids"] == ["x0.png", "x1.png", "deeper/x2.png", "x3.png", "/elsewhere/x4.png", "x5.png"]
+    assert "thumb" not in value and "gradio_api" not in value  # no thumbnail URL for any point
+    overlays = {o["name"]: o for o in payload["highlight"]["overlays"]}
+    assert overlays["query"]["points"] == [2] and overlays["neighbours"]["points"] == [4, 0]
+    assert [o["name"] for o in payload["highlight"]["overlays"]] == ["neighbours", "query"]  # the star last: on top
+    assert payload["highlight"]["key"] == payload["key"] and payload["layout"]["uirevision"]  # zoom survives redraws
+
+
+def test_the_map_payload_is_compact_at_20000_points():
+    rng = np.random.default_rng(0)
+    coords = rng.normal(size=(20_000, 2)).astype(np.float32)
+    labels = rng.integers(0, 10, 20_000)
+    classes = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    ids = [f"{classes[label]}/{i:05d}.png" for i, label in enumerate(labels)]  # as Fashion-MNIST exported to PNG
+    value = map_payload(coords, labels, classes, ids, highlight=highlight_payload(query=5, neighbours=list(range(10))), title="UMAP")
+    assert len(value) / 20_000 < 40  # bytes per point (a dict, URL and id per point was > 100)
+    decoded = decode_map(value)
+    assert np.array_equal(decoded["coords"], coords) and decoded["ids"][123] == ids[123]
+
+
+def test_more_than_256_classes_get_two_byte_labels():
+    labels = np.arange(300)
+    value = map_payload(np.zeros((300, 2), np.float32), labels, [f"c{i}" for i in range(300)], [f"c{i}/x.png" for i in range(300)])
+    assert json.loads(value)["points"]["label_type"] == "uint16"
+    assert decode_map(value)["labels"].tolist() == labels.tolist()
 
 
 def test_map_ranges_do_not_move_when_a_highlight_appears():
     # autorange would widen for the big star at the edge and shift points under the mouse
     coords = np.array([[0.0, 0.0], [10.0, 5.0], [4.0, 2.0]], dtype=np.float32)
-    args = (coords, np.array([0, 1, 0]), ["a", "b"], ["x", "y", "z"], [None] * 3)
-    plain = json.loads(map_figure_json(*args))["layout"]
-    highlighted = json.loads(map_figure_json(*args, query=1, neighbours=[0, 2]))["layout"]
+    args = (coords, np.array([0, 1, 0]), ["a", "b"], ["a/x", "b/y", "a/z"])
+    plain = json.loads(map_payload(*args))["layout"]
+    highlighted = json.loads(map_payload(*args, highlight=highlight_payload(query=1, neighbours=[0, 2])))["layout"]
     assert plain["xaxis"]["range"] == highlighted["xaxis"]["range"]
     assert plain["yaxis"]["range"] == highlighted["yaxis"]["range"]
     x_lo, x_hi = plain["xaxis"]["range"]
     assert x_lo < 0.0 and x_hi > 10.0
-    outside = json.loads(map_figure_json(*args, query_point=np.array([20.0, 1.0])))["layout"]
-    assert outside["xaxis"]["range"][1] > 20.0  # a dropped query far out stays visible
-    assert json.loads(map_figure_json(*args, revision="other"))["layout"]["uirevision"] == "other"
+    outside = json.loads(map_payload(*args, highlight=highlight_payload(query_point=np.array([20.0, 1.0]))))
+    assert outside["layout"]["xaxis"]["range"][1] > 20.0  # a dropped query far out stays visible
+    assert outside["highlight"]["range"] == {"x": outside["layout"]["xaxis"]["range"], "y": outside["layout"]["yaxis"]["range"]}
+    assert json.loads(map_payload(*args, revision="other"))["layout"]["uirevision"] == "other"
 
 
-def test_map_figure_places_a_dropped_query_without_neighbour_index():
-    coords = np.zeros((3, 2), dtype=np.float32)
-    figure = json.loads(map_figure_json(coords, np.array([0, 1, 1]), ["a", "b"], ["x", "y", "z"], [None] * 3, query_point=np.array([0.5, -1.5])))
-    query = next(t for t in figure["data"] if t["name"] == "query")
-    assert query["x"] == [0.5] and query["y"] == [-1.5]
-    assert not any(t["name"] == "neighbours" for t in figure["data"])
+def test_a_highlight_alone_names_its_map_and_carries_no_points():
+    coords = np.random.default_rng(1).normal(size=(500, 2)).astype(np.float32)
+    labels = np.arange(500) % 5
+    full = json.loads(map_payload(coords, labels, list("abcde"), [f"{'abcde'[i % 5]}/{i}" for i in range(500)], revision="r"))
+    alone = json.loads(highlight_json(coords, "r", highlight_payload(query=7, neighbours=[1, 2, 3], seq=9)))
+    assert alone["key"] == full["key"] and alone["seq"] == 9 and "points" not in alone
+    assert json.loads(highlight_json(coords + 1, "r", highlight_payload(query=7)))["key"] != full["key"]  # moved points: another map
+    dropped = json.loads(highlight_json(coords, "r", highlight_payload(query_point=np.array([0.5, -1.5]))))
+    star = next(o for o in dropped["overlays"] if o["name"] == "query")
+    assert star["x"] == [0.5] and star["y"] == [-1.5] and "points" not in star
+    assert not any(o["name"] == "neighbours" for o in dropped["overlays"])
 
 
 def test_the_query_star_is_drawn_last_above_the_points_in_a_colour_no_class_uses():
-    coords = np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32)
-    labels = np.arange(40) % 20
-    figure = json.loads(map_figure_json(coords, labels, [f"c{i}" for i in range(20)], [str(i) for i in range(40)], [None] * 40, query=3, neighbours=[1, 2]))
-    star, rings = figure["data"][-1], figure["data"][-2]
-    assert star["name"] == "query" and rings["name"] == "neighbours"
-    # plotly paints SVG traces under the WebGL points; in the same WebGL layer, last is on top
-    assert {t["type"] for t in figure["data"]} == {"scattergl"}
-    assert star["marker"]["color"].lower() not in {c.lower() for c in PALETTE}
-    assert star["marker"]["line"]["color"].lower() == "#ffffff"
-    assert star["marker"]["size"] >= 3 * POINT_SIZE
+    overlays = highlight_payload(query=3, neighbours=[1, 2])["overlays"]
+    star, rings = overlays[-1], overlays[-2]
+    assert star["name"] == "query" and rings["name"] == "neighbours" and rings["fill"] == "none"
+    assert star["symbol"] == "star" and star["fill"].lower() not in {c.lower() for c in PALETTE}
+    assert star["stroke"].lower() == "#ffffff"
+    assert star["size"] == STAR_SIZE >= 3 * POINT_SIZE
 
 
 # ----------------------------------------------------------- page text
@@ -363,23 +385,26 @@ def test_uploaded_files_arrive_as_gradio_file_data_or_paths():
 def test_served_files_are_links_under_an_unguessable_folder_and_go_with_the_session(tmp_path):
     thumbs = tmp_path / "thumbs"
     thumbs.mkdir()
-    sources = [thumbs / "a.jpg", None, thumbs / "missing.jpg"]
-    sources[0].write_bytes(b"jpeg bytes")
+    source = thumbs / "a.jpg"
+    source.write_bytes(b"jpeg bytes")
     served = ServedFiles(tmp_path / "served")
-    first = served.publish(sources)
-    assert first[1] is None and first[2] is None  # no thumbnail, or one that vanished
-    assert first[0].read_bytes() == b"jpeg bytes" and first[0].parent.parent == served.folder
+    served.renew()
+    first = served.add(source, "0-a.jpg")
+    assert served.add(None, "1.jpg") is None and served.add(thumbs / "missing.jpg", "2.jpg") is None  # none, or vanished
+    assert first.read_bytes() == b"jpeg bytes" and first.parent.parent == served.folder
+    assert served.add(source, "0-a.jpg") == first  # asked again: the same link
     assert len(served.folder.name) == 32 and served.folder.name != ServedFiles(tmp_path / "served").folder.name
-    second = served.publish(sources)
-    assert second[0] != first[0] and not first[0].exists()  # a new map, new names; the old ones go
+    served.renew()
+    second = served.add(source, "0-a.jpg")
+    assert second != first and not first.exists()  # a new map, new names; the old ones go
     served.close()
-    assert not served.folder.exists() and sources[0].exists()  # the thumbnail cache is untouched
+    assert not served.folder.exists() and source.exists()  # the thumbnail cache is untouched
 
 
 def test_served_folders_of_past_runs_expire(tmp_path):
     old, young = ServedFiles(tmp_path), ServedFiles(tmp_path)
     for files in (old, young):
-        files.publish([])
+        files.renew()
     stale = time.time() - 25 * 3600
     os.utime(old.folder, (stale, stale))
     assert expire_served(tmp_path) == [old.folder]
@@ -411,13 +436,38 @@ def loaded_session(tmp_path_factory):
     monkey.undo()
 
 
-def test_loading_reports_progress_and_makes_thumbnails(loaded_session):
+def test_loading_reports_progress_and_makes_no_thumbnail(loaded_session):
     state, steps, _ = loaded_session
     fractions = [f for f, _ in steps]
     assert fractions == sorted(fractions) and fractions[-1] <= 1.0
     assert any("embedding" in text for _, text in steps)
-    assert len(state.gallery) == 15 and len(state.thumbs) == 15
-    assert all(p is not None and p.is_file() for p in state.thumbs)
+    assert len(state.gallery) == 15
+    assert not any("thumbnail" in text for _, text in steps)
+
+
+def test_thumbnails_are_made_when_shown_and_only_those(tmp_path, monkeypatch):
+    """Loading makes none (20,000 used to cost most of a minute before the first map); a
+    gallery makes its own, a hovered point its one, each once."""
+    import retrieval_app.ui.session as session_module
+
+    monkeypatch.setenv("RETRIEVAL_APP_CACHE_DIR", str(tmp_path / "cache"))
+    made = []
+    real = session_module.ensure_thumbnails
+    monkeypatch.setattr(session_module, "ensure_thumbnails", lambda records, **kw: made.extend(r.id for r in records) or real(records, **kw))
+    folder = write_class_folder(tmp_path / "shapes", n_classes=3, per_class=8, size=32)
+    state = SessionState(served=ServedFiles(tmp_path / "served"))
+    state.load(folder, "efficientnet_lite0", lambda fraction, text: None)
+    thumbs = tmp_path / "cache" / "thumbs"
+    assert made == [] and not list(thumbs.rglob("*.jpg"))  # none at load
+    neighbours = state.neighbours_of_point(4, 5)
+    items = ui_app._neighbour_items(state, neighbours)
+    assert sorted(made) == sorted(n.id for n in neighbours) and len(list(thumbs.rglob("*.jpg"))) == 5
+    for (path, caption), n in zip(items, neighbours):
+        assert Path(path).is_file() and Path(path).is_relative_to(state.served.folder) and n.id in caption
+    assert state.thumb(neighbours[0].index) == Path(items[0][0]) and len(made) == 5  # made once
+    hovered = state.thumb(4)
+    assert hovered.is_file() and made[-1] == state.gallery.records[4].id and len(made) == 6
+    assert state.thumb(10**6) is None and state.thumb(-1) is None
 
 
 def test_session_neighbours_match_the_core_and_highlight_them(loaded_session):
@@ -456,9 +506,21 @@ def test_a_query_that_cannot_be_read_clears_the_previous_highlight(loaded_sessio
     assert state.highlight == (None, []) and state.query_point is None and state.last_query is None
 
 
-def test_loaded_thumbnails_are_served_from_the_sessions_folder(loaded_session):
+def test_hover_requests_reach_only_their_own_session(loaded_session):
     state, _, _ = loaded_session
-    assert all(p.is_relative_to(state.served.folder) for p in state.thumbs)
+    sessions = ui_app.SessionRegistry()
+    mine = sessions.new()
+    mine.scan, mine.gallery, mine.served = state.scan, state.gallery, state.served  # loaded as `state` is
+    other = sessions.new()
+    answer = ui_app.hover_answer(sessions, [mine.page_token, 3])
+    assert answer["url"].startswith("/gradio_api/file=") and "/served/" in answer["url"]
+    assert Path(answer["url"].split("file=", 1)[1]).is_relative_to(state.served.folder)
+    assert len(mine.page_token) == 32 and mine.page_token != other.page_token
+    for bad in ([other.page_token, 3], ["0" * 32, 3], [mine.page_token, 10**9], [mine.page_token, "x"], None, "junk", [None, 1]):
+        assert ui_app.hover_answer(sessions, bad) == {"url": ""}, bad
+    del other  # a session Gradio dropped is gone from the registry
+    gc.collect()
+    assert len(sessions._sessions) == 1
 
 
 def test_sessions_are_independent():

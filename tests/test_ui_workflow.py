@@ -120,7 +120,7 @@ def test_an_image_dragged_onto_the_query_box_is_searched(page, server, core_gall
     expected = core_gallery.neighbours_of_images([query], 4)[0]
     assert caption_ids(page) == [n.id for n in expected]
     assert expected[0].label == "watch"
-    page.wait_for_function("() => document.querySelector('%s').data.some(t => t.name === 'query')" % ui_helpers.PLOT, timeout=30_000)
+    ui_helpers.wait_for_star(page)
 
 
 def test_errors_are_shown_in_the_page_and_the_map_stays(page, server, env):
@@ -235,10 +235,6 @@ def test_models_section_uses_and_deletes_a_checkpoint_after_asking(page, server,
 
 
 # ---------------------------------------------------------- what the page shows
-def map_trace_names(page) -> list[str]:
-    return page.evaluate("() => document.querySelector('%s').data.map(t => t.name)" % ui_helpers.PLOT)
-
-
 def test_a_corrupt_query_shows_one_line_and_clears_the_results(page, server, env):
     page.goto(server)
     ui_helpers.wait_for_map(page)
@@ -251,7 +247,7 @@ def test_a_corrupt_query_shows_one_line_and_clears_the_results(page, server, env
     ui_helpers.drop_file(page, "#query-image .upload-container", broken)
     ui_helpers.wait_for_query_result(page, "Error: broken.jpg: not a recognised image file")
     ui_helpers.wait_for_gallery(page, 0)
-    page.wait_for_function("() => !document.querySelector('%s').data.some(t => t.name === 'query' || t.name === 'neighbours')" % ui_helpers.PLOT, timeout=30_000)
+    page.wait_for_function("() => { const o = document.querySelector('%s').__rmapOverlay; return !!o && !o.query && !o.neighbours; }" % ui_helpers.PLOT, timeout=30_000)
     body = page.inner_text("body")
     assert "Could not preprocess" not in body and "UnidentifiedImageError" not in body
     assert page.locator(".toast-body").count() == 0  # no Gradio error pop-up
@@ -274,7 +270,7 @@ def test_captions_show_rank_coloured_marks_and_the_whole_id(page, server):
     ui_helpers.wait_for_map(page)
     ui_helpers.wait_for_method(page, "UMAP")
     ui_helpers.set_k(page, 23)  # every other point: both marks and the long id appear
-    ids = page.evaluate("() => document.querySelector('%s').data.flatMap(t => (t.customdata || []).map(r => [r[0], r[2]]))" % ui_helpers.PLOT)
+    ids = [(index, id_) for index, id_, _ in ui_helpers.map_points(page)]
     isolated = set(ui_helpers.isolated_points(page, radius_px=3.0))
     index = next(i for i, id_ in ids if id_.startswith("watch/") and i in isolated)
     ui_helpers.click_point(page, index)
@@ -342,7 +338,8 @@ def test_the_query_star_is_drawn_above_a_dense_cluster(page, server, core_galler
     # the point with the most neighbours close by on the map: the star lands on other points
     index = page.evaluate("""() => {
         const gd = document.querySelector('%s'), fl = gd._fullLayout, pts = [];
-        gd.data.forEach(t => (t.customdata || []).forEach((r, j) => pts.push([r[0], fl.xaxis.l2p(t.x[j]), fl.yaxis.l2p(t.y[j])])));
+        const m = gd.__rmap;
+        for (let i = 0; i < m.n; i++) pts.push([i, fl.xaxis.l2p(m.x[i]), fl.yaxis.l2p(m.y[i])]);
         const crowd = (p) => pts.filter(q => Math.hypot(p[1] - q[1], p[2] - q[2]) < 14).length;
         return pts.reduce((best, p) => crowd(p) > crowd(best) ? p : best)[0];
     }""" % ui_helpers.PLOT)

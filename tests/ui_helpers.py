@@ -18,30 +18,45 @@ PLOT = "#embedding-plot .rmap-plot"
 # A map is drawn and its latest redraw has finished (the page sets `__rmapReady`).
 MAP_READY = "() => { const g = document.querySelector('%s'); return !!(g && g.data && g.data.length && g._fullLayout && g.__rmapReady); }" % PLOT
 
-# The pixel position of one point (by its global index, stored in customdata[0]),
-# computed from the plot's own axes; null when it is not drawn.
+# The page keeps the decoded map on the plot element: `gd.__rmap.point(i)` gives point i
+# (its global index, as the server numbers it) as {index, id, label, x, y}; each class
+# trace's `customdata` holds its points' global indices.
 _POINT_POSITION_JS = """(index) => {
     const gd = document.querySelector('%s');
+    const p = gd.__rmap && gd.__rmap.point(index);
+    if (!p) return null;
     const fl = gd._fullLayout, box = gd.getBoundingClientRect();
-    for (const trace of gd.data) {
-        const rows = trace.customdata || [];
-        for (let j = 0; j < rows.length; j++) {
-            if (rows[j][0] !== index) continue;
-            return {index, id: rows[j][2], label: rows[j][3], data_x: trace.x[j], data_y: trace.y[j],
-                    x: box.left + fl.xaxis._offset + fl.xaxis.l2p(trace.x[j]),
-                    y: box.top + fl.yaxis._offset + fl.yaxis.l2p(trace.y[j])};
-        }
-    }
-    return null;
+    return {index, id: p.id, label: p.label, data_x: p.x, data_y: p.y,
+            x: box.left + fl.xaxis._offset + fl.xaxis.l2p(p.x), y: box.top + fl.yaxis._offset + fl.yaxis.l2p(p.y)};
 }""" % PLOT
 
-# Points that no other point covers within `radius` pixels, so a click lands on them.
+# Points inside the plot area that no other point covers within `radius` pixels, so a
+# click lands on them (a grid of radius-sized cells: fast at 20,000 points).
 _ISOLATED_POINTS_JS = """(radius) => {
-    const gd = document.querySelector('%s');
-    const fl = gd._fullLayout, pts = [];
-    for (const trace of gd.data) (trace.customdata || []).forEach((row, j) =>
-        pts.push({index: row[0], px: fl.xaxis.l2p(trace.x[j]), py: fl.yaxis.l2p(trace.y[j])}));
-    return pts.filter(p => pts.every(q => q === p || Math.hypot(p.px - q.px, p.py - q.py) > radius)).map(p => p.index);
+    const gd = document.querySelector('%s'), m = gd.__rmap, fl = gd._fullLayout;
+    const cell = (v) => Math.floor(v / radius), grid = new Map(), pts = [];
+    for (let i = 0; i < m.n; i++) {
+        const p = {index: i, px: fl.xaxis.l2p(m.x[i]), py: fl.yaxis.l2p(m.y[i])};
+        pts.push(p);
+        const key = cell(p.px) + ',' + cell(p.py);
+        if (!grid.has(key)) grid.set(key, []);
+        grid.get(key).push(p);
+    }
+    const inside = (p) => p.px > 10 && p.py > 10 && p.px < fl.xaxis._length - 10 && p.py < fl.yaxis._length - 10;
+    const alone = (p) => {
+        for (let dx = -1; dx <= 1; dx++) for (let dy = -1; dy <= 1; dy++)
+            for (const q of grid.get((cell(p.px) + dx) + ',' + (cell(p.py) + dy)) || [])
+                if (q !== p && Math.hypot(p.px - q.px, p.py - q.py) <= radius) return false;
+        return true;
+    };
+    return pts.filter((p) => inside(p) && alone(p)).map((p) => p.index);
+}""" % PLOT
+
+# Every point as [global index, id, class]: what the map holds.
+_MAP_POINTS_JS = """() => {
+    const m = document.querySelector('%s').__rmap, out = [];
+    for (let i = 0; i < m.n; i++) { const p = m.point(i); out.push([p.index, p.id, p.label]); }
+    return out;
 }""" % PLOT
 
 
@@ -76,6 +91,11 @@ def point_position(page, index: int) -> dict | None:
 
 def isolated_points(page, radius_px: float = 6.0) -> list[int]:
     return page.evaluate(_ISOLATED_POINTS_JS, radius_px)
+
+
+def map_points(page) -> list[list]:
+    """[global index, id, class] of every point on the map."""
+    return page.evaluate(_MAP_POINTS_JS)
 
 
 def click_point(page, index: int) -> dict:
@@ -115,16 +135,26 @@ def wait_for_gallery(page, count: int, timeout_ms: int = 60_000) -> None:
 
 
 def wait_for_highlight(page, point: dict, n_neighbours: int, timeout_ms: int = 60_000) -> None:
-    """Until the map marks `point` as the query (★) with `n_neighbours` rings."""
+    """Until the map marks `point` as the query (★) with `n_neighbours` rings (the page's
+    overlay layer above the points: `gd.__rmapOverlay` holds what it drew)."""
     page.wait_for_function(
         """([x, y, n]) => {
-            const gd = document.querySelector('%s');
-            const q = gd && gd.data && gd.data.find(t => t.name === 'query');
-            const r = gd && gd.data && gd.data.find(t => t.name === 'neighbours');
+            const gd = document.querySelector('%s'), drawn = gd && gd.__rmapOverlay;
+            const q = drawn && drawn.query, r = drawn && drawn.neighbours;
             return !!(q && r && q.x[0] === x && q.y[0] === y && r.x.length === n && gd.__rmapReady);
         }""" % PLOT,
         arg=[point["data_x"], point["data_y"], n_neighbours], timeout=timeout_ms, polling="raf",
     )
+
+
+def overlay_names(page) -> list[str]:
+    """The highlight overlays drawn above the map's points (e.g. "neighbours", "query")."""
+    return page.evaluate("() => Object.keys(document.querySelector('%s').__rmapOverlay || {})" % PLOT)
+
+
+def wait_for_star(page, timeout_ms: int = 30_000) -> None:
+    """Until the map shows a query star (a clicked point or a dropped image)."""
+    page.wait_for_function("() => { const o = document.querySelector('%s').__rmapOverlay; return !!(o && o.query && o.query.x.length === 1); }" % PLOT, timeout=timeout_ms)
 
 
 _DROP_JS = """([b64, name, mime, selector]) => {

@@ -1,94 +1,190 @@
-"""The interactive map: a plotly figure (as JSON) drawn by an interactive `gr.HTML`.
+"""The interactive map: a compact JSON payload drawn by an interactive `gr.HTML` with
+plotly.js (WebGL points) and an SVG layer for the highlight.
 
-Each point carries `customdata = [global index, thumbnail URL, id, class]`; the page's
-JavaScript forwards clicks as `trigger('click', {index})`, shows the thumbnail on hover,
-and keeps the zoom across updates (`layout.uirevision`). The server validates every
-index it receives."""
+At 20,000 points a plotly figure with a dict, a thumbnail URL and an id per point was
+2-3 MB of JSON to send, parse and redraw on every click. The payload is compact instead:
+
+    {"format": "rmap/1", "key": ..., "token": ..., "title": ..., "layout": {...},
+     "points": {"n": N, "x": base64 float32, "y": base64 float32,
+                "label": base64 uint8 (uint16 above 256 classes), "label_type": "uint8",
+                "ids": [id without its class folder, ...]},
+     "classes": [{"name": ..., "colour": ...}, ...], "marker": {...},
+     "highlight": {"key": ..., "seq": ..., "overlays": [...], "range": {"x": [..], "y": [..]}}}
+
+(≈ 12 bytes a point plus the ids: an id "class/name.png" is sent as "name.png"; one that
+does not start with its class folder is sent whole, marked by a leading "/"; see
+`decode_map`). The page decodes it into typed arrays, draws one scattergl trace per class
+(`customdata` = each point's global index) and never receives a thumbnail URL for all
+points: the hovered point's thumbnail is asked for when it is hovered (`hover_thumbnail`,
+a server function of the component, with the session's `token`).
+
+A click or a query changes only the highlight: the event sends the component's
+`highlight` prop (`highlight_json`: the rings and the star as overlays of point indices
+or positions, with the map's `key` and a sequence number), and the page redraws its SVG
+layer above the WebGL canvas (a plotly restyle of a WebGL trace repaints every point:
+~0.4 s at 20,000 points in software rendering). The zoom survives every update
+(`layout.uirevision`); the server validates every index it receives."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
            "#393b79", "#ad494a", "#8ca252", "#bd9e39", "#843c39", "#7b4173", "#5254a3", "#e7ba52", "#637939", "#d6616b")
+FORMAT = "rmap/1"
 RANGE_PADDING = 0.06  # of the data extent, on each side
 POINT_SIZE = 8
+POINT_OPACITY = 0.85
 # The query star: black with a white outline (no class colour is black or white) and
 # much bigger than a point, so it stands out inside any cluster.
 STAR_SIZE = 28
 STAR_COLOUR = "#000000"
 STAR_OUTLINE = "#ffffff"
+RING_SIZE = 16
 RING_COLOUR = "#111111"
 
 
-def file_url(path: Path | None) -> str:
+def file_url(path) -> str:
     """The URL under which Gradio serves `path` (only inside the allowed paths)."""
+    from pathlib import Path
+
     return "" if path is None else f"/gradio_api/file={Path(path).as_posix()}"
 
 
-def map_figure_json(coords: np.ndarray, labels: np.ndarray, classes: Sequence[str], ids: Sequence[str], thumbs: Sequence[Path | None], *, query: int | None = None, neighbours: Sequence[int] = (), query_point: np.ndarray | None = None, title: str = "", revision: str = "map") -> str:
-    """The plotly figure (as JSON) drawn by the page: one trace per class, then the highlight.
+def class_colour(label: int) -> str:
+    return PALETTE[label % len(PALETTE)]
 
-    `revision` names the map: the user's zoom survives redraws of the same map (new
-    highlights) and resets when it changes (another folder, model or projection)."""
-    traces = []
-    for label, name in enumerate(classes):
-        rows = np.flatnonzero(labels == label)
-        if not len(rows):
-            continue
-        traces.append({
-            "type": "scattergl", "mode": "markers", "name": name,
-            "x": coords[rows, 0].tolist(), "y": coords[rows, 1].tolist(),
-            "marker": {"size": POINT_SIZE, "color": PALETTE[label % len(PALETTE)], "opacity": 0.85},
-            "customdata": [[int(i), file_url(thumbs[i]), ids[i], name] for i in rows],
-            "hoverinfo": "none",  # the page draws its own tip: thumbnail, class, id
-        })
-    # Highlights stay out of the legend: a legend that grows would resize the plot area and
-    # move every point under the user's mouse. They are WebGL traces like the points, drawn
-    # after them: plotly paints SVG traces *under* the WebGL canvas, where a dense cluster
-    # hid the star and the rings.
-    if neighbours:
-        rows = list(neighbours)
-        traces.append({
-            "type": "scattergl", "mode": "markers", "name": "neighbours", "hoverinfo": "skip", "showlegend": False,
-            "x": coords[rows, 0].tolist(), "y": coords[rows, 1].tolist(),
-            "marker": {"size": 16, "color": "rgba(0,0,0,0)", "line": {"width": 2.5, "color": RING_COLOUR}},
-        })
-    star = coords[query] if query is not None else query_point
-    if star is not None:  # last: above everything
-        traces.append({
-            "type": "scattergl", "mode": "markers", "name": "query", "hoverinfo": "skip", "showlegend": False,
-            "x": [float(star[0])], "y": [float(star[1])],
-            "marker": {"size": STAR_SIZE, "symbol": "star", "color": STAR_COLOUR, "line": {"width": 2, "color": STAR_OUTLINE}},
-        })
-    layout = {
+
+# ---------------------------------------------------------------- the payload
+def _b64(values: np.ndarray, dtype: str) -> str:
+    return base64.b64encode(np.ascontiguousarray(values, dtype=dtype).tobytes()).decode("ascii")
+
+
+def _short_ids(ids: Sequence[str], labels: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """Each id without its class folder ("class/x.png" → "x.png"); an id that does not
+    start with it is sent whole behind a "/" (ids are relative paths: never "/..." else)."""
+    prefixes = [f"{name}/" for name in classes]
+    out = []
+    for id_, label in zip(ids, labels.tolist()):
+        prefix = prefixes[label] if 0 <= label < len(prefixes) else None
+        out.append(id_[len(prefix):] if prefix and id_.startswith(prefix) else "/" + id_)
+    return out
+
+
+def map_key(revision: str, coords: np.ndarray) -> str:
+    """Names one set of points at their positions: a new key, a new drawing."""
+    digest = hashlib.blake2b(np.ascontiguousarray(coords, dtype=np.float32).tobytes(), digest_size=8).hexdigest()
+    return f"{revision}|{digest}"
+
+
+def map_payload(coords: np.ndarray, labels: np.ndarray, classes: Sequence[str], ids: Sequence[str], *, token: str = "",
+                highlight: dict | None = None, title: str = "", revision: str = "map") -> str:
+    """The map as the page draws it (see the module docstring). `revision` names the map:
+    the user's zoom survives redraws of the same map and resets when it changes (another
+    folder, model or projection). `highlight`: from `highlight_payload` (its key is set
+    to this map's)."""
+    coords = np.asarray(coords, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    key = map_key(revision, coords)
+    label_type = "uint8" if len(classes) <= 256 else "uint16"
+    star = highlight.get("star") if highlight is not None else None
+    if highlight is not None:
+        highlight = {**highlight, "key": key, "range": _ranges(coords, star)}
+    payload = {
+        "format": FORMAT, "key": key, "token": token, "title": title,
+        "points": {
+            "n": len(coords), "x": _b64(coords[:, 0], "<f4"), "y": _b64(coords[:, 1], "<f4"),
+            "label": _b64(labels, "<u1" if label_type == "uint8" else "<u2"), "label_type": label_type,
+            "ids": _short_ids(ids, labels, classes),
+        },
+        "classes": [{"name": name, "colour": class_colour(i)} for i, name in enumerate(classes)],
+        "marker": {"size": POINT_SIZE, "opacity": POINT_OPACITY},
+        "highlight": highlight,
+        "layout": _layout(coords, star, title, revision),
+    }
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def _layout(coords: np.ndarray, star, title: str, revision: str) -> dict:
+    ranges = _ranges(coords, star)
+    return {
         # Title on the left: the mode bar takes the top right corner.
         "title": {"text": title, "font": {"size": 14}, "x": 0.01, "xanchor": "left"}, "uirevision": revision, "hovermode": "closest",
         "dragmode": "zoom", "margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "height": 600,
         # Fixed ranges: autorange would widen for a big highlight marker at the edge and
         # shift every point under the mouse.
-        "xaxis": {"showticklabels": False, "zeroline": False, "range": _axis_range(coords[:, 0], star, 0)},
-        "yaxis": {"showticklabels": False, "zeroline": False, "range": _axis_range(coords[:, 1], star, 1)},
+        "xaxis": {"showticklabels": False, "zeroline": False, "range": ranges["x"]},
+        "yaxis": {"showticklabels": False, "zeroline": False, "range": ranges["y"]},
         "legend": {"itemsizing": "constant"}, "plot_bgcolor": "#fafafa",
     }
-    return json.dumps({"data": traces, "layout": layout})
 
 
-def _axis_range(values: np.ndarray, star: np.ndarray | None, axis: int) -> list[float]:
-    lo, hi = float(values.min()), float(values.max())
+def _ranges(coords: np.ndarray, star) -> dict:
+    return {"x": _axis_range(coords[:, 0], star, 0), "y": _axis_range(coords[:, 1], star, 1)}
+
+
+def _axis_range(values: np.ndarray, star, axis: int) -> list[float]:
+    lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
     if star is not None:  # a dropped query may land outside the points (exact PCA placement)
         lo, hi = min(lo, float(star[axis])), max(hi, float(star[axis]))
     pad = RANGE_PADDING * (hi - lo) if hi > lo else 1.0
     return [lo - pad, hi + pad]
 
 
+# -------------------------------------------------------------- the highlight
+def highlight_payload(*, query: int | None = None, neighbours: Sequence[int] = (), query_point=None, seq: int = 0) -> dict:
+    """The rings around the neighbours and the star on the query (a gallery point, or a
+    dropped image's map position), as overlays drawn above the points, last on top.
+
+    An overlay: `name`, `points` (global indices) or `x`/`y` (map positions), `symbol`
+    ("circle" or "star"; see PLOT_JS `SYMBOLS`), `size` (px), `fill`, `stroke`, `width`."""
+    overlays = []
+    if len(neighbours):
+        overlays.append({"name": "neighbours", "points": [int(i) for i in neighbours], "symbol": "circle", "size": RING_SIZE,
+                         "fill": "none", "stroke": RING_COLOUR, "width": 2.5})
+    star = {"name": "query", "symbol": "star", "size": STAR_SIZE, "fill": STAR_COLOUR, "stroke": STAR_OUTLINE, "width": 2}
+    if query is not None:
+        overlays.append({**star, "points": [int(query)]})
+    elif query_point is not None:
+        overlays.append({**star, "x": [float(query_point[0])], "y": [float(query_point[1])]})
+    out = {"seq": int(seq), "overlays": overlays}
+    if query is None and query_point is not None:  # a dropped image: the axes widen to show it
+        out["star"] = [float(query_point[0]), float(query_point[1])]
+    return out
+
+
+def highlight_json(coords: np.ndarray, revision: str, highlight: dict) -> str:
+    """The highlight alone, for the component's `highlight` prop: what a click or a query
+    changes (the points are not sent again)."""
+    coords = np.asarray(coords, dtype=np.float32)
+    highlight = {**highlight, "key": map_key(revision, coords), "range": _ranges(coords, highlight.get("star"))}
+    return json.dumps(highlight, separators=(",", ":"))
+
+
+# ------------------------------------------------------------ reading it back
+def decode_map(value: str) -> dict:
+    """A map payload → {"coords" (N, 2) float32, "labels" (N,) int, "ids", "classes",
+    "highlight", "layout"}: for API clients and tests (the page does the same in JS)."""
+    payload = json.loads(value)
+    points = payload["points"]
+    x = np.frombuffer(base64.b64decode(points["x"]), dtype="<f4")
+    y = np.frombuffer(base64.b64decode(points["y"]), dtype="<f4")
+    labels = np.frombuffer(base64.b64decode(points["label"]), dtype="<u1" if points["label_type"] == "uint8" else "<u2").astype(np.int64)
+    classes = [c["name"] for c in payload["classes"]]
+    ids = [s[1:] if s.startswith("/") else f"{classes[label]}/{s}" for s, label in zip(points["ids"], labels.tolist())]
+    return {"coords": np.stack([x, y], axis=1), "labels": labels, "ids": ids, "classes": classes,
+            "highlight": payload.get("highlight"), "layout": payload["layout"], "key": payload["key"], "token": payload["token"]}
+
+
 PLOT_TEMPLATE = """
 <div class="rmap">
   <div class="rmap-plot"></div>
+  <svg class="rmap-overlay" xmlns="http://www.w3.org/2000/svg"></svg>
   <div class="rmap-tip"><img alt=""><span></span></div>
 </div>
 """
@@ -97,46 +193,153 @@ PLOT_CSS = """
 .rmap { position: relative; min-height: 600px; }
 .rmap-plot { width: 100%; min-height: 600px; }
 .rmap-empty { padding: 2em; color: #666; }
+.rmap-overlay { position: absolute; left: 0; top: 0; width: 0; height: 0; overflow: hidden; pointer-events: none; z-index: 5; }
 .rmap-tip { position: absolute; display: none; pointer-events: none; background: white; border: 1px solid #ccc;
             border-radius: 6px; padding: 4px; box-shadow: 0 2px 8px rgba(0,0,0,.2); z-index: 10; font-size: 12px; }
 .rmap-tip img { display: block; width: 160px; height: 160px; object-fit: contain; }
 .rmap-tip span { display: block; max-width: 160px; overflow-wrap: anywhere; }
 """
 
-# Runs once per component; draws on every value change. Plotly.react may replace the
-# div's event emitter, so listeners are attached again whenever `gd._ev` changed.
+# Runs once per component. A new `value` (another map) draws the points; a new
+# `highlight` prop (a click, a query) redraws only the SVG layer above them. Plotly.react
+# may replace the div's event emitter, so listeners are attached again whenever `gd._ev`
+# changed. `gd.__rmap` holds the decoded map: `point(i)` → {index, id, label, x, y}.
 PLOT_JS = """
-// The point under the mouse (its customdata row), found from the event's own position.
-// Plotly's click names the last *hovered* point, and its hover is throttled: a click right
-// after a quick move would otherwise report the point under the mouse a moment earlier.
-// Hover tips use the same rule, so a tip always shows what a click would pick.
+const SVG_NS = 'http://www.w3.org/2000/svg';
+const bytesOf = (b64) => { const s = atob(b64), out = new Uint8Array(s.length); for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i); return out; };
+const decodeMap = (fig) => {
+  const p = fig.points, n = p.n;
+  const x = new Float32Array(bytesOf(p.x).buffer), y = new Float32Array(bytesOf(p.y).buffer);
+  const label = p.label_type === 'uint16' ? new Uint16Array(bytesOf(p.label).buffer) : bytesOf(p.label);
+  const names = fig.classes.map((c) => c.name);
+  const id = (i) => { const s = p.ids[i]; return s.startsWith('/') ? s.slice(1) : names[label[i]] + '/' + s; };
+  // Points grouped by class (a counting sort): each class trace holds one slice.
+  const count = new Int32Array(names.length + 1);
+  for (let i = 0; i < n; i++) count[label[i] + 1]++;
+  for (let c = 0; c < names.length; c++) count[c + 1] += count[c];
+  const order = new Int32Array(n), fill = count.slice(0, names.length);
+  for (let i = 0; i < n; i++) order[fill[label[i]]++] = i;
+  const point = (i) => (i >= 0 && i < n) ? {index: i, id: id(i), label: names[label[i]], x: x[i], y: y[i]} : null;
+  return {key: fig.key, token: fig.token, n, x, y, label, names, id, order, start: count, point, traceOf: new Int32Array(names.length).fill(-1)};
+};
+const classTraces = (m, fig) => {
+  const traces = [];
+  fig.classes.forEach((c, k) => {
+    const rows = m.order.subarray(m.start[k], m.start[k + 1]);
+    if (!rows.length) return;
+    m.traceOf[k] = traces.length;
+    traces.push({
+      type: 'scattergl', mode: 'markers', name: c.name, customdata: rows,
+      x: Float32Array.from(rows, (i) => m.x[i]), y: Float32Array.from(rows, (i) => m.y[i]),
+      marker: {size: fig.marker.size, color: c.colour, opacity: fig.marker.opacity},
+      hoverinfo: 'none',  // the page draws its own tip: thumbnail, class, id
+    });
+  });
+  return traces;
+};
+// Pixel position (inside the plot area) of map coordinates, from the axes' linear maps.
+const pixelMap = (gd) => {
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  const x0 = xa.l2p(0), y0 = ya.l2p(0), sx = xa.l2p(1) - x0, sy = ya.l2p(1) - y0;
+  return {px: (v) => x0 + sx * v, py: (v) => y0 + sy * v, xa, ya};
+};
+// The point under the mouse (its global index), found from the event's own position over
+// the visible classes. Plotly's click names the last *hovered* point, and its hover is
+// throttled: a click right after a quick move would otherwise report the point under the
+// mouse a moment earlier. Hover tips use the same rule, so a tip always shows what a click
+// would pick.
 const nearestPoint = (gd, e) => {
-  if (!e || e.clientX === undefined || !gd._fullLayout) return null;
-  const fl = gd._fullLayout, box = gd.getBoundingClientRect();
-  const px = e.clientX - box.left - fl.xaxis._offset, py = e.clientY - box.top - fl.yaxis._offset;
+  const m = gd.__rmap;
+  if (!m || !e || e.clientX === undefined || !gd._fullLayout || !gd._fullData) return null;
+  const {px, py, xa, ya} = pixelMap(gd), box = gd.getBoundingClientRect();
+  const mx = e.clientX - box.left - xa._offset, my = e.clientY - box.top - ya._offset;
   let best = null, bestD2 = 12 * 12;
-  gd.data.forEach((trace, t) => {
-    const full = gd._fullData[t];
-    if (!trace.customdata || !full || full.visible !== true) return;
-    for (let j = 0; j < trace.x.length; j++) {
-      const dx = fl.xaxis.l2p(trace.x[j]) - px, dy = fl.yaxis.l2p(trace.y[j]) - py;
-      const d2 = dx * dx + dy * dy;
-      if (d2 < bestD2) { bestD2 = d2; best = trace.customdata[j]; }
+  m.names.forEach((_, k) => {
+    const t = m.traceOf[k], full = t >= 0 ? gd._fullData[t] : null;
+    if (!full || full.visible !== true) return;
+    for (let j = m.start[k]; j < m.start[k + 1]; j++) {
+      const i = m.order[j], dx = px(m.x[i]) - mx, dy = py(m.y[i]) - my, d2 = dx * dx + dy * dy;
+      if (d2 < bestD2) { bestD2 = d2; best = i; }
     }
   });
   return best;
 };
-const pointRow = (ev) => {
-  const p = ev && ev.points && ev.points.find((q) => q.customdata && q.customdata.length);
-  return p ? p.customdata : null;
+// Overlay symbols as SVG paths around (0, 0), `s` = the marker's size in pixels.
+const SYMBOLS = {
+  circle: (s) => { const r = s / 2; return `M${r},0A${r},${r} 0 1,1 0,${-r}A${r},${r} 0 0,1 ${r},0Z`; },
+  star: (s) => {
+    const outer = s / 2, inner = outer * 0.42, pts = [];
+    for (let k = 0; k < 10; k++) { const r = k % 2 ? inner : outer, a = Math.PI * k / 5 - Math.PI / 2; pts.push(`${(r * Math.cos(a)).toFixed(2)},${(r * Math.sin(a)).toFixed(2)}`); }
+    return 'M' + pts.join('L') + 'Z';
+  },
+  diamond: (s) => { const r = s / 2; return `M${r},0L0,${r}L${-r},0L0,${-r}Z`; },
+  square: (s) => { const r = s / 2; return `M${r},${r}H${-r}V${-r}H${r}Z`; },
+  'triangle-up': (s) => { const r = s / 2; return `M${-r},${r * 0.8}H${r}L0,${-r}Z`; },
+  x: (s) => { const r = s / 2; return `M${-r},${-r}L${r},${r}M${r},${-r}L${-r},${r}`; },
+};
+// The latest highlight (by its sequence number) of the map on screen.
+const currentHighlight = (gd) => {
+  const m = gd.__rmap;
+  const all = [gd.__rmapValueHighlight, gd.__rmapPropHighlight].filter((h) => h && m && h.key === m.key);
+  return all.reduce((a, b) => (!a || b.seq >= a.seq) ? b : a, null);
+};
+const drawOverlay = (gd) => {
+  const svg = element.querySelector('.rmap-overlay'), m = gd.__rmap, h = currentHighlight(gd);
+  if (!svg) return;
+  svg.replaceChildren();
+  gd.__rmapOverlay = {};
+  if (!m || !gd._fullLayout || !gd._fullLayout.xaxis) { svg.style.width = svg.style.height = '0'; return; }
+  const {px, py, xa, ya} = pixelMap(gd);
+  // The SVG covers the plot area exactly (it clips what is zoomed out of view).
+  svg.style.left = (gd.offsetLeft + xa._offset) + 'px'; svg.style.top = (gd.offsetTop + ya._offset) + 'px';
+  svg.style.width = xa._length + 'px'; svg.style.height = ya._length + 'px';
+  ((h && h.overlays) || []).forEach((o) => {
+    const xs = o.points ? o.points.map((i) => m.x[i]) : o.x, ys = o.points ? o.points.map((i) => m.y[i]) : o.y;
+    const shape = (SYMBOLS[o.symbol] || SYMBOLS.circle)(o.size || 10);
+    const group = document.createElementNS(SVG_NS, 'g');
+    group.setAttribute('data-name', o.name);
+    xs.forEach((xv, j) => {
+      const path = document.createElementNS(SVG_NS, 'path');
+      path.setAttribute('d', shape);
+      path.setAttribute('transform', `translate(${px(xv).toFixed(2)},${py(ys[j]).toFixed(2)})`);
+      path.setAttribute('fill', o.fill || 'none');
+      path.setAttribute('stroke', o.stroke || 'none');
+      path.setAttribute('stroke-width', o.width || 0);
+      group.appendChild(path);
+    });
+    svg.appendChild(group);
+    gd.__rmapOverlay[o.name] = {x: xs, y: ys, points: o.points || null};
+  });
+};
+// A dropped query far outside the points widens the axes (unless the user has zoomed).
+const fitRange = (gd) => {
+  const h = currentHighlight(gd), want = h && h.range, have = gd.__rmapRange;
+  if (!want || !have || !gd.layout) return;
+  const same = (a, b) => a && b && a[0] === b[0] && a[1] === b[1];
+  const zoomed = !same(gd.layout.xaxis.range, have.x) || !same(gd.layout.yaxis.range, have.y);
+  if (zoomed || (same(want.x, have.x) && same(want.y, have.y))) return;
+  gd.__rmapRange = {x: want.x.slice(), y: want.y.slice()};
+  return Plotly.relayout(gd, {'xaxis.range': want.x.slice(), 'yaxis.range': want.y.slice()});
+};
+const hoverThumb = async (gd, index) => {
+  const m = gd.__rmap, cache = gd.__rmapThumbs;
+  if (!cache.has(index)) cache.set(index, server.hover_thumbnail([m.token, index]).then((r) => (r && r.url) || '').catch(() => ''));
+  return cache.get(index);
 };
 const showTip = (gd, tip, e) => {
-  const row = gd.data ? nearestPoint(gd, e) : null;
-  if (!row) { tip.style.display = 'none'; return; }
+  const index = nearestPoint(gd, e), p = index === null ? null : gd.__rmap.point(index);
+  if (!p) { tip.style.display = 'none'; tip.__index = null; return; }
   const img = tip.querySelector('img');
-  img.style.display = row[1] ? 'block' : 'none';
-  if (row[1] && img.getAttribute('src') !== row[1]) img.src = row[1];
-  tip.querySelector('span').textContent = row[3] + ' · ' + row[2];
+  if (tip.__index !== index) {
+    tip.__index = index;
+    img.style.display = 'none';
+    tip.querySelector('span').textContent = p.label + ' · ' + p.id;
+    hoverThumb(gd, index).then((url) => {
+      if (tip.__index !== index || !url) return;
+      if (img.getAttribute('src') !== url) img.src = url;
+      img.style.display = 'block';
+    });
+  }
   // Beside the mouse, flipped left / up where it would leave the map.
   const box = element.getBoundingClientRect();
   const x = e.clientX - box.left, y = e.clientY - box.top;
@@ -144,6 +347,32 @@ const showTip = (gd, tip, e) => {
   const w = tip.offsetWidth || 180, h = tip.offsetHeight || 190;
   tip.style.left = (x + 14 + w > box.width ? Math.max(0, x - 14 - w) : x + 14) + 'px';
   tip.style.top = (y + 14 + h > box.height ? Math.max(0, y - 14 - h) : y + 14) + 'px';
+};
+const listen = (gd) => {
+  if (gd.__rmapEmitter === gd._ev) return;
+  gd.__rmapEmitter = gd._ev;
+  gd.on('plotly_click', (ev) => {
+    Promise.resolve(gd.__rmapDrawn).then(() => {
+      let index = nearestPoint(gd, ev && ev.event);
+      if (index === null) {
+        const p = ev && ev.points && ev.points.find((q) => typeof q.customdata === 'number');
+        index = p ? p.customdata : null;
+      }
+      if (index !== null) trigger('click', {index});
+    });
+  });
+  // Zoom, pan, resize: the overlay follows the axes.
+  for (const name of ['plotly_afterplot', 'plotly_relayout', 'plotly_relayouting']) gd.on(name, () => drawOverlay(gd));
+  if (gd.__rmapTip) return;
+  // The tip follows the mouse itself (one update per frame) rather than plotly's hover
+  // events, which fire only when plotly's own pick changes.
+  gd.__rmapTip = true;
+  const tip = element.querySelector('.rmap-tip');
+  let frame = null;
+  gd.addEventListener('mousemove', (e) => {
+    if (frame === null) frame = requestAnimationFrame(() => { frame = null; showTip(gd, tip, e); });
+  });
+  gd.addEventListener('mouseleave', () => { tip.style.display = 'none'; tip.__index = null; });
 };
 const draw = () => {
   const gd = element.querySelector('.rmap-plot');
@@ -153,8 +382,10 @@ const draw = () => {
   if (typeof Plotly === 'undefined') { setTimeout(draw, 100); return; }
   let fig = null;
   try { fig = props.value ? JSON.parse(props.value) : null; } catch (e) { fig = null; }
-  if (!fig || !fig.data || !fig.data.length) {
+  if (!fig || !fig.points || !fig.points.n) {
     if (gd.data) Plotly.purge(gd);
+    gd.__rmap = null;
+    drawOverlay(gd);
     gd.innerHTML = '<p class="rmap-empty">Load a folder to see its map.</p>';
     return;
   }
@@ -162,31 +393,43 @@ const draw = () => {
   // Axes are only valid once a redraw has finished: clicks wait for it (`__rmapDrawn`);
   // `__rmapReady` tells tests the map on screen is the latest one.
   gd.__rmapReady = false;
+  if (!gd.__rmap || gd.__rmap.key !== fig.key) {
+    gd.__rmap = decodeMap(fig);
+    gd.__rmapTraces = classTraces(gd.__rmap, fig);
+    gd.__rmapThumbs = new Map();
+  }
+  gd.__rmapValueHighlight = fig.highlight;
+  gd.__rmapRange = {x: fig.layout.xaxis.range.slice(), y: fig.layout.yaxis.range.slice()};
   // No double-click: two quick clicks on two points would be one double-click (an axes
   // reset) instead of two queries. The mode bar's buttons still reset the zoom.
   const config = {responsive: true, displaylogo: false, doubleClick: false, doubleClickDelay: 1};
-  const drawn = Plotly.react(gd, fig.data, fig.layout, config);
+  const drawn = Plotly.react(gd, gd.__rmapTraces, fig.layout, config);
   gd.__rmapDrawn = drawn;
-  Promise.resolve(drawn).then(() => { if (gd.__rmapDrawn === drawn) gd.__rmapReady = true; });
-  if (gd.__rmapEmitter === gd._ev) return;
-  gd.__rmapEmitter = gd._ev;
-  const tip = element.querySelector('.rmap-tip');
-  gd.on('plotly_click', (ev) => {
-    Promise.resolve(gd.__rmapDrawn).then(() => {
-      const row = nearestPoint(gd, ev && ev.event) || pointRow(ev);
-      if (row) trigger('click', {index: row[0]});
-    });
+  Promise.resolve(drawn).then(() => {
+    drawOverlay(gd);
+    if (gd.__rmapDrawn === drawn) gd.__rmapReady = true;
   });
-  if (gd.__rmapTip) return;
-  // The tip follows the mouse itself (one update per frame) rather than plotly's hover
-  // events, which fire only when plotly's own pick changes.
-  gd.__rmapTip = true;
-  let frame = null;
-  gd.addEventListener('mousemove', (e) => {
-    if (frame === null) frame = requestAnimationFrame(() => { frame = null; showTip(gd, tip, e); });
+  listen(gd);
+};
+// A click or a query: only the highlight changes.
+const highlight = () => {
+  const gd = element.querySelector('.rmap-plot');
+  let h = null;
+  try { h = props.highlight ? JSON.parse(props.highlight) : null; } catch (e) { h = null; }
+  if (!gd || !h) return;
+  gd.__rmapPropHighlight = h;
+  if (!gd.__rmap || typeof Plotly === 'undefined') return;
+  Promise.resolve(gd.__rmapDrawn).then(() => {
+    const fitted = fitRange(gd);
+    if (fitted) {
+      gd.__rmapReady = false;
+      gd.__rmapDrawn = fitted;
+      fitted.then(() => { if (gd.__rmapDrawn === fitted) gd.__rmapReady = true; });
+    }
+    drawOverlay(gd);
   });
-  gd.addEventListener('mouseleave', () => { tip.style.display = 'none'; });
 };
 draw();
 watch('value', draw);
+watch('highlight', highlight);
 """

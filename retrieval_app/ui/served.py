@@ -1,5 +1,6 @@
 """The files the app serves over HTTP (besides plotly.js): one session's thumbnails,
-hard-linked into a folder named by a random token.
+hard-linked into a folder named by a random token, one at a time, when the page shows
+them (a gallery, a hovered point): a folder of 20,000 images makes no thumbnail at load.
 
 Gradio serves only paths under `served_root()` (launch's `allowed_paths`), so embedding
 stores, maps, uploads and the thumbnails of folders no session has loaded are never
@@ -12,10 +13,9 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import threading
 import time
 from pathlib import Path
-from typing import Sequence
-
 from ..paths import cache_dir
 
 SERVED_MAX_AGE_S = 24 * 3600  # a session folder older than this is left from a past run
@@ -26,27 +26,45 @@ def served_root() -> Path:
 
 
 class ServedFiles:
-    """One session's served folder: `publish` links files into it, `close` removes it."""
+    """One session's served folder: `renew` starts a fresh sub-folder (a new map), `add`
+    links one file into it, `close` removes everything. Safe to call from several threads."""
 
     def __init__(self, root: Path | None = None):
         self.folder = (root or served_root()) / secrets.token_hex(16)
         self._generation = 0
+        self._lock = threading.Lock()
 
-    def publish(self, paths: Sequence[Path | None]) -> list[Path | None]:
-        """Served names for `paths` (None stays None, as does a file that vanished), in a
-        fresh sub-folder: a new map never shows an older map's files under the same URL.
-        The previous sub-folder is removed."""
-        self._generation += 1
-        folder = self.folder / str(self._generation)
-        folder.mkdir(parents=True)
-        served = [_link(path, folder / f"{i}{path.suffix}") if path is not None else None for i, path in enumerate(paths)]
-        for old in self.folder.iterdir():
-            if old != folder:
-                shutil.rmtree(old, ignore_errors=True)
-        return served
+    @property
+    def current(self) -> Path:
+        return self.folder / str(self._generation)
+
+    def renew(self) -> None:
+        """A fresh sub-folder for the files of a new map (a new map never shows an older
+        map's files under the same URL); the previous one is removed."""
+        with self._lock:
+            self._generation += 1
+            folder = self.current
+            folder.mkdir(parents=True)
+            for old in self.folder.iterdir():
+                if old != folder:
+                    shutil.rmtree(old, ignore_errors=True)
+
+    def add(self, source: Path | None, name: str) -> Path | None:
+        """`source` served as `name` in the current sub-folder (None for None, or for a file
+        that vanished). Adding the same name twice gives the same link."""
+        if source is None:
+            return None
+        with self._lock:
+            if self._generation == 0:
+                raise RuntimeError("renew() before add()")
+            link = self.current / name
+            if link.is_file():
+                return link
+            return _link(source, link)
 
     def close(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        with self._lock:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _link(source: Path, link: Path) -> Path | None:

@@ -4,11 +4,14 @@ shared between sessions except the on-disk caches, which are safe to share."""
 
 from __future__ import annotations
 
+import secrets
+import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -25,6 +28,7 @@ from .query_input import read_query_image, uploaded_path
 from .served import ServedFiles
 
 Progress = Callable[[float, str], None]
+THUMB_WORKERS = 4  # threads making a gallery's missing thumbnails (decoding releases the GIL)
 
 
 @dataclass
@@ -33,7 +37,11 @@ class SessionState:
     scan: ScanResult | None = None
     gallery: Gallery | None = None
     projection: Projection | None = None
-    thumbs: list[Path | None] = field(default_factory=list)
+    # Thumbnails made and served so far, by gallery index: made when the page shows them
+    # (gallery results, a hovered point), never all at load.
+    thumbs: dict[int, Path | None] = field(default_factory=dict)
+    # Names this session in the page's hover requests (see `SessionRegistry`): 128 random bits.
+    page_token: str = field(default_factory=lambda: secrets.token_hex(16))
     model_spec: str = "efficientnet_lite0"
     method: str = "umap"
     job: TrainingJob | None = None
@@ -48,11 +56,13 @@ class SessionState:
     highlight: tuple[int | None, list[int]] = (None, [])
     last_query: int | np.ndarray | None = None  # a point index or a dropped image's embedding
     served: ServedFiles = field(default_factory=ServedFiles)  # the thumbnails this session's page may fetch
+    map_seq: int = 0  # numbers every map and highlight sent: the page draws the latest
+    _thumbs_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ------------------------------------------------------------ loading
     def load(self, folder: Path, model_spec: str, progress: Progress, roots: DataRoots | None = None) -> None:
-        """Scan `folder`, embed it with `model_spec` (cached), make thumbnails; resets the map
-        and query. With share mode's `roots`, images resolving outside them are skipped."""
+        """Scan `folder` and embed it with `model_spec` (cached); resets the map and query.
+        With share mode's `roots`, images resolving outside them are skipped."""
         progress(0.0, "scanning folder")
         scan = scan_folder(folder)
         if roots is not None:
@@ -71,9 +81,9 @@ class SessionState:
         progress(0.02, f"loading model {model_spec}")
         net = load_embedder(model_spec)
         gallery = Gallery.build(scan, net, distance=checkpoint_distance(model_spec), from_features=is_head_only(model_spec), progress=lambda d, t: progress(0.05 + 0.75 * d / max(t, 1), f"embedding {d}/{t} images"))
-        progress(0.8, "making thumbnails")
-        thumbs = self.served.publish(ensure_thumbnails(gallery.records, progress=lambda d, t: progress(0.8 + 0.15 * d / max(t, 1), f"thumbnails {d}/{t}")))
-        self.scan, self.gallery, self.thumbs, self.model_spec = scan, gallery, thumbs, model_spec
+        with self._thumbs_lock:
+            self.served.renew()
+            self.scan, self.gallery, self.thumbs, self.model_spec = scan, gallery, {}, model_spec
         self.projection, self.query_point, self.highlight, self.last_query = None, None, (None, []), None
 
     def project(self, method: str) -> Projection:
@@ -96,6 +106,10 @@ class SessionState:
         if self.gallery is None:
             raise RetrievalAppError("load a folder first")
         return self.gallery
+
+    def next_seq(self) -> int:
+        self.map_seq += 1
+        return self.map_seq
 
     # ------------------------------------------------------------ queries
     def neighbours_of_point(self, index, k: int) -> list[Neighbour]:
@@ -142,9 +156,27 @@ class SessionState:
             return self.neighbours_of_vector(self.last_query, k)
         return self.neighbours_of_point(self.last_query, k)
 
+    def thumbnails(self, indices: Sequence[int]) -> list[Path | None]:
+        """The served thumbnails of gallery images `indices`, made now where missing (None
+        where an image cannot be decoded, or the index is not a gallery image). Called
+        from events and from the page's hover requests, possibly at the same time."""
+        with self._thumbs_lock:
+            gallery, thumbs = self.gallery, self.thumbs
+            n = len(gallery) if gallery is not None else 0
+            missing = sorted({int(i) for i in indices if 0 <= int(i) < n and int(i) not in thumbs})
+        if missing:
+            made = ensure_thumbnails([gallery.records[i] for i in missing], workers=min(THUMB_WORKERS, len(missing)))
+            with self._thumbs_lock:
+                if self.gallery is gallery:  # not replaced by another load meanwhile
+                    for i, path in zip(missing, made):
+                        # Named by index and content: a file of an older gallery is never taken for it.
+                        thumbs[i] = self.served.add(path, f"{i}-{path.name}") if path is not None else None
+        with self._thumbs_lock:
+            return [thumbs.get(int(i)) for i in indices]
+
     def thumb(self, index: int) -> Path | None:
-        """The cached thumbnail of gallery image `index` (None when it could not be made)."""
-        return self.thumbs[index] if 0 <= index < len(self.thumbs) else None
+        """The served thumbnail of gallery image `index` (None when it could not be made)."""
+        return self.thumbnails([index])[0]
 
     # ----------------------------------------------------------- training
     def start_training(self, **settings) -> TrainingJob:
@@ -203,6 +235,28 @@ class SessionState:
             self.dial = Dial.from_dict(payload["dial"])
         self.switch_model(str(self.dial_model), progress)
         return None
+
+
+class SessionRegistry:
+    """The app's sessions by `page_token`, for the page's hover requests (they come through
+    a component's server function, outside Gradio's events and their `gr.State`). Held
+    weakly: a session Gradio has dropped is gone from here too. One per app."""
+
+    def __init__(self) -> None:
+        self._sessions: weakref.WeakValueDictionary[str, SessionState] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def new(self) -> SessionState:
+        state = SessionState()
+        with self._lock:
+            self._sessions[state.page_token] = state
+        return state
+
+    def get(self, token) -> SessionState | None:
+        if not isinstance(token, str):
+            return None
+        with self._lock:
+            return self._sessions.get(token)
 
 
 def _decode_max_side(net) -> int | None:
