@@ -32,7 +32,7 @@ from ..networks.heads import is_blendable
 from ..threads import workload_threads
 from .callbacks import StopRequest
 from .config import TrainConfig
-from .dial import BLENDS, Dial, DialPoint, best_seen, mean_or_none, recommend
+from .dial import BLENDS, FINE_BLEND_STEP, Dial, DialPoint, best_seen, mean_or_none, recommend
 from .events import TrainEvent
 from .folds import class_folds
 from .head_loop import HeadLoop, StepStats
@@ -72,9 +72,6 @@ class QuickOutcome:
     refit_steps: int
     blend: float | None  # None: nothing was refitted (the backbone is kept)
     stopped_because: str
-
-
-FINE_BLEND_STEP = 0.05  # blends tried between two coarse ones around the recommendation
 
 
 def _point(step: int, blend: float, rows: list[dict], baselines: list[dict], elapsed_s: float | None) -> DialPoint:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from ..training.dial import Dial, DialPoint
+from ..training.dial import FINE_BLEND_STEP, Dial, DialPoint
 from .text import md_escape
 
-BLEND_STEP = 0.25  # the slider's step: the blends the folds measured (training.dial.BLENDS)
+BLEND_STEP = FINE_BLEND_STEP  # the slider's step: the finest blends the folds measured
 COLOURS = {"blend": "#1f77b4", "time": "#ff7f0e", "backbone": "#555555", "recommended": "#2ca02c", "chosen": "#d62728", "selected": "#000000"}
 
 
