@@ -30,7 +30,8 @@ K = 5
 LOGIN = ("alice", "pa55word")
 SHARE_MAX_FILE_BYTES = 2 * 1024**2
 ENDPOINTS = {"/load_folder", "/upload_folder", "/set_map_method", "/neighbours_of_point", "/query_image", "/set_k",
-             "/train", "/cancel_training", "/training_status", "/preview_blend", "/set_blend", "/delete_model", "/list_models"}
+             "/train", "/cancel_training", "/training_status", "/preview_blend", "/set_blend", "/delete_model", "/list_models",
+             "/hardest_pair_of_point", "/suspicious_labels"}
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +123,26 @@ def test_a_point_through_the_api_gives_the_cores_neighbours(client, core_gallery
     for bad in (len(core_gallery), -1, 2.5):
         gallery, _, message = client.predict(bad, K, api_name="/neighbours_of_point")
         assert gallery == [] and message.startswith("**Error:**"), bad
+
+
+def test_a_points_hardest_pair_and_the_suspicious_labels_through_the_api(client, core_gallery):
+    from retrieval_app.retrieval.labels import suspicious_labels
+
+    index = core_gallery.index_of_id("Leopards/image_0003.jpg")
+    items, words = client.predict(index, api_name="/hardest_pair_of_point")
+    positive, negative = core_gallery.hardest_pair_of_index(index)
+    assert caption_ids(items) == [positive.id, negative.id]
+    assert items[0]["caption"].startswith("hardest positive ✓ Leopards") and items[1]["caption"].startswith("nearest negative ✗")
+    assert f"{negative.distance - positive.distance:+.3f}" in words
+    items, words = client.predict(len(core_gallery), api_name="/hardest_pair_of_point")
+    assert items == [] and words.startswith("**Error:**")
+    summary, table, pairs, csv_file = client.predict(5, api_name="/suspicious_labels")
+    expected = suspicious_labels(core_gallery, k=5)
+    assert [row[1] for row in table["data"]] == [hit.id for hit in expected]
+    assert len(pairs) == 2 * min(len(expected), 24)
+    lines = Path(csv_file["path"]).read_text(encoding="utf-8").splitlines()  # the server's copy (same machine)
+    assert lines[0].startswith("rank,id,class,looks_like") and len(lines) == len(expected) + 1
+    assert f"{len(core_gallery)} images" in summary
 
 
 def test_an_image_through_the_api_gives_the_cores_neighbours(client, core_gallery):

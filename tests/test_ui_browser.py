@@ -81,6 +81,21 @@ def test_click_a_plotted_point_shows_its_neighbours(page, server, core_gallery):
     ui_helpers.wait_for_highlight(page, point, K)
 
 
+def test_click_a_point_shows_its_hardest_positive_and_nearest_negative(page, server, core_gallery):
+    open_app(page, server)
+    index = ui_helpers.isolated_points(page)[0]
+    point = ui_helpers.click_point(page, index)
+    page.wait_for_function("() => document.querySelectorAll('#hardest-pair .caption-label').length === 2", timeout=60_000)
+    positive, negative = core_gallery.hardest_pair_of_index(core_gallery.index_of_id(point["id"]))
+    captions = [c.inner_text() for c in page.query_selector_all("#hardest-pair .caption-label")]
+    assert captions[0].startswith("hardest positive") and captions[0].endswith(positive.id) and f"{positive.distance:.3f}" in captions[0]
+    assert captions[1].startswith("nearest negative") and captions[1].endswith(negative.id) and f"{negative.distance:.3f}" in captions[1]
+    assert f"{negative.distance - positive.distance:+.3f}" in page.inner_text("#hardest-pair-text")
+    # a dropped query image has no class: the pair is cleared
+    page.locator("#query-image input[type=file]").set_input_files(str(ROOT / "sample_data" / "pizza" / "image_0015.jpg"))
+    page.wait_for_function("() => document.querySelectorAll('#hardest-pair .caption-label').length === 0", timeout=60_000)
+
+
 def test_drop_a_query_image(page, server, core_gallery, env):
     open_app(page, server)
     set_k(page, K)

@@ -16,7 +16,7 @@ from ..data.scan import ImageRecord, ScanResult
 from ..errors import RetrievalAppError
 from .cache import cached_embeddings
 from .embed import ProgressFn, embed_images, embeddings_from_features
-from .search import NearestNeighbourIndex, build_index, search_distance
+from .search import NearestNeighbourIndex, build_index, normalise_rows, search_distance
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,30 @@ class Gallery:
         found, distances = self.index.search(np.atleast_2d(np.asarray(vectors, dtype=np.float32)), k)
         labels = list(query_labels) if query_labels is not None else [None] * len(found)
         return [self._neighbours(ix, ds, label) for ix, ds, label in zip(found, distances, labels)]
+
+    def distances_from(self, i: int) -> np.ndarray:
+        """Exact distances (N,) from gallery image `i` to every gallery image (itself 0),
+        by the gallery's search distance."""
+        i = self.check_index(i)
+        if self.distance == "cosine":
+            unit = normalise_rows(self.embeddings)
+            return np.clip(1.0 - unit @ unit[i], 0.0, 2.0).astype(np.float32)
+        return np.linalg.norm(self.embeddings - self.embeddings[i], axis=1).astype(np.float32)
+
+    def hardest_pair_of_index(self, i: int) -> tuple[Neighbour | None, Neighbour | None]:
+        """(hardest positive, nearest negative) of gallery image `i`: the image of its own
+        class farthest from it, and the image of another class closest to it (None when
+        its class has no other image, or there is no other class). The gap between the
+        two distances is what a triplet loss with `i` as the anchor works on."""
+        i = self.check_index(i)
+        distances = self.distances_from(i)
+        same = self.labels == self.labels[i]
+        same[i] = False
+        other = self.labels != self.labels[i]
+        label = int(self.labels[i])
+        positive = self._neighbours(np.flatnonzero(same)[[int(np.argmax(distances[same]))]], distances[same].max(keepdims=True), label) if same.any() else []
+        negative = self._neighbours(np.flatnonzero(other)[[int(np.argmin(distances[other]))]], distances[other].min(keepdims=True), label) if other.any() else []
+        return (positive[0] if positive else None), (negative[0] if negative else None)
 
     def embed_images(self, images) -> np.ndarray:
         """Query images (paths, bytes, file objects or PIL images) → (M, D) embeddings."""

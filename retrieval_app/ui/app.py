@@ -21,6 +21,7 @@ from ..retrieval.projection import METHODS
 from ..training import delete_checkpoint, list_checkpoints
 from . import diagnostics
 from . import dial as dial_view
+from . import inspect as inspect_view
 from .access import DataRoots, expire_uploads, extract_upload
 from .plot import PLOT_CSS, PLOT_JS, PLOT_TEMPLATE, file_url, highlight_json, highlight_payload, map_payload
 from .served import served_root
@@ -466,6 +467,38 @@ def ask_to_delete(config: AppConfig, path: str | None):
     return "", gr.Row(visible=True), f"Delete **{md_escape(Path(path).name)}** for good? Its folder `models/{md_escape(Path(path).name)}` is removed."
 
 
+# ------------------------------------------------------------- looking closer at labels
+def hardest_pair_of_point(state: SessionState | None, index: float | None, evt: gr.EventData):
+    """A clicked point's farthest image of its class and nearest image of another class
+    (a click on the map sends its point's index in the event; API callers pass `index`)."""
+    if state is None or state.gallery is None:
+        return [], ""
+    data = getattr(evt, "_data", None)
+    if isinstance(data, dict) and "index" in data:
+        index = data["index"]
+    try:
+        if index is None or (isinstance(index, float) and not index.is_integer()):
+            raise RetrievalAppError(f"not a point index: {index!r}")
+        return inspect_view.hardest_pair_items(state, int(index))
+    except Exception as exc:
+        return [], _error(exc)
+
+
+def clear_hardest_pair():
+    return [], ""
+
+
+def suspicious_view(state: SessionState | None, k: float):
+    """The loaded folder's suspicious labels: summary, table, thumbnail pairs, CSV file."""
+    if state is None or state.gallery is None:
+        return "Load a folder first.", [], [], None
+    try:
+        _, rows, pairs, csv_path, summary = inspect_view.find_suspicious(state, int(k or 10))
+    except Exception as exc:
+        return _error(exc), [], [], None
+    return summary, rows, pairs, csv_path
+
+
 def hide_confirmation():
     return gr.Row(visible=False)
 
@@ -553,6 +586,17 @@ def build_app(config: AppConfig) -> gr.Blocks:
                 k = gr.Slider(1, 30, value=8, step=1, label="Neighbours (k)", elem_id="k-slider", info="✓ / ✗: same / other class than the query · map: ★ query, ◯ neighbours")
                 result = gr.Markdown("Click a point on the map, or drop an image: its nearest neighbours appear below, with class and distance.", elem_id="query-result", label="Query result", latex_delimiters=[])
                 gallery = gr.Gallery(label="Nearest neighbours: rank, class, distance, id", show_label=False, columns=3, height=380, elem_id="neighbour-gallery", object_fit="contain", allow_preview=True)
+                # Beside the neighbours: what a triplet loss with this point as anchor works on.
+                pair_words = gr.Markdown("", elem_id="hardest-pair-text", latex_delimiters=[])
+                pair_gallery = gr.Gallery(label="Hardest positive and nearest negative of the clicked point", columns=2, height=230, elem_id="hardest-pair", object_fit="contain", allow_preview=True)
+        with gr.Accordion("Suspicious labels: images whose neighbours mostly belong to another class", open=False, elem_id="suspicious"):
+            with gr.Row():
+                suspicious_k = gr.Number(label="Neighbours looked at (k)", value=10, precision=0, minimum=2, maximum=50, scale=1)
+                suspicious_find = gr.Button("Find suspicious labels", elem_id="suspicious-find", scale=1)
+                suspicious_csv = gr.File(label="Export (CSV)", elem_id="suspicious-csv", scale=2, interactive=False)
+            suspicious_summary = gr.Markdown("", elem_id="suspicious-summary", latex_delimiters=[])
+            suspicious_table = gr.Dataframe(headers=inspect_view.SUSPICIOUS_HEADERS, label="Most suspicious first", elem_id="suspicious-table", interactive=False, max_height=320)
+            suspicious_pairs = gr.Gallery(label="Each image (left) beside its nearest image of the class it looks like (right)", columns=4, height=420, elem_id="suspicious-pairs", object_fit="contain", allow_preview=True)
         with gr.Accordion("4 · Fine-tune with a triplet loss", open=False):
             with gr.Row():
                 backbone = gr.Dropdown(label="Backbone", choices=list_models(), value=DEFAULT_BACKBONE)
@@ -625,6 +669,9 @@ def build_app(config: AppConfig) -> gr.Blocks:
         confirm_no.click(hide_confirmation, None, confirm_row, **private)
         chosen.change(hide_confirmation, None, confirm_row, **private)  # a confirmation is for one model
         refresh.click(model_lists, model, lists, api_name="list_models")
+        plot.click(hardest_pair_of_point, [state, point_index], [pair_gallery, pair_words], trigger_mode="multiple", concurrency_limit=None, show_progress="hidden", api_name="hardest_pair_of_point")
+        query.upload(clear_hardest_pair, None, [pair_gallery, pair_words], show_progress="hidden", **private)
+        suspicious_find.click(suspicious_view, [state, suspicious_k], [suspicious_summary, suspicious_table, suspicious_pairs, suspicious_csv], concurrency_limit=2, api_name="suspicious_labels")
         opened = demo.load(partial(open_page, config), model, [folder, picker, *lists], **private)
         if config.folder is not None:
             opened.then(partial(load_folder, config), load_inputs, [state, load_status, plot], **private)
