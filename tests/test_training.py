@@ -207,7 +207,10 @@ def test_time_budget_covers_the_folds_and_the_refit(shapes_folder, tmp_path, sha
     Trainer(quick_config(shapes_folder, tmp_path / "warm", epochs=1)).run()  # features cached
     events = []
     started = time.monotonic()
-    result = Trainer(quick_config(shapes_folder, tmp_path / "b", epochs=None, time_budget=4.0), on_event=events.append).run()
+    # margin 3 > 2, the largest distance between unit vectors: every triplet stays active,
+    # so the stall watch (which ends a budget-only run early) cannot end this one
+    config = quick_config(shapes_folder, tmp_path / "b", epochs=None, time_budget=4.0, margin=3.0)
+    result = Trainer(config, on_event=events.append).run()
     assert result.stopped_because == "time budget reached"
     assert time.monotonic() - started < 4.0 + 15  # set-up and feature loading on top
     training = [e for e in events if e.kind == "step"]

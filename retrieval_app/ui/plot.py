@@ -396,8 +396,8 @@ const draw = () => {
   if (!gd.__rmap || gd.__rmap.key !== fig.key) {
     gd.__rmap = decodeMap(fig);
     gd.__rmapTraces = classTraces(gd.__rmap, fig);
-    gd.__rmapThumbs = new Map();
   }
+  gd.__rmapThumbs = new Map();  // a reloaded folder serves its thumbnails under new names
   gd.__rmapValueHighlight = fig.highlight;
   gd.__rmapRange = {x: fig.layout.xaxis.range.slice(), y: fig.layout.yaxis.range.slice()};
   // No double-click: two quick clicks on two points would be one double-click (an axes
