@@ -30,6 +30,10 @@ DEFAULT_REDUCTION = "mean"
 TRAIN_MODES = ("auto", "quick", "full")
 DEFAULT_TRAIN_MODE = "auto"
 
+# training/runners.py: where a run of the app goes (its own process, or a thread of the server).
+TRAINING_RUNNERS = ("process", "thread")
+DEFAULT_TRAINING_RUNNER = "process"
+
 # retrieval/
 PROJECTION_METHODS = ("umap", "pca", "tsne")
 EXPORT_FORMATS = ("npz", "csv", "parquet", "projector")

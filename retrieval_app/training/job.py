@@ -49,6 +49,33 @@ class JobSnapshot:
         return self.state in ("done", "cancelled", "failed")
 
 
+@dataclass
+class Outcome:
+    """How a run ended, as a job reports it."""
+
+    state: str  # "done", "cancelled" or "failed"
+    message: str
+    result: TrainResult | None = None
+    error: str | None = None
+
+
+def run_trainer(config: TrainConfig, on_event: EventCallback, cancel: threading.Event, callbacks: Sequence = ()) -> Outcome:
+    """Run the trainer to its end and say how it ended; never raises (the thread job and
+    the training process report the same outcomes in the same words)."""
+    try:
+        result = Trainer(config, on_event=on_event, cancel=cancel, callbacks=callbacks).run()
+        state = "cancelled" if result.stopped_because == "cancelled" else "done"
+        return Outcome(state, result.summary, result=result)
+    except TrainingCancelled:
+        return Outcome("cancelled", CANCELLED_EARLY)
+    except RetrievalAppError as exc:
+        return Outcome("failed", str(exc), error=str(exc))
+    except Exception as exc:  # a bug or an environment fault: keep the detail for the user
+        detail = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        return Outcome("failed", detail, error=detail)
+
+
 class TrainingJob:
     """`callbacks` go to the `Trainer` (e.g. live map frames); `on_event` sees every event."""
 
@@ -98,18 +125,8 @@ class TrainingJob:
 
     # ------------------------------------------------------------ worker side
     def _run(self) -> None:
-        try:
-            result = Trainer(self.config, on_event=self._record, cancel=self._cancel, callbacks=self._callbacks).run()
-            state = "cancelled" if result.stopped_because == "cancelled" else "done"
-            self._finish(state, message=result.summary, result=result)
-        except TrainingCancelled:
-            self._finish("cancelled", message=CANCELLED_EARLY)
-        except RetrievalAppError as exc:
-            self._finish("failed", message=str(exc), error=str(exc))
-        except Exception as exc:  # a bug or an environment fault: keep the detail for the user
-            detail = f"{type(exc).__name__}: {exc}"
-            traceback.print_exc()
-            self._finish("failed", message=detail, error=detail)
+        outcome = run_trainer(self.config, self._record, self._cancel, self._callbacks)
+        self._finish(outcome.state, message=outcome.message, result=outcome.result, error=outcome.error)
 
     def _record(self, event: TrainEvent) -> None:
         with self._lock:
