@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..choices import DEFAULT_TRAINING_RUNNER, TRAINING_RUNNERS
 from ..errors import RetrievalAppError
 
 
@@ -17,6 +18,7 @@ def register(subparsers) -> None:
     parser.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login (with --share a password is generated when omitted)")
     parser.add_argument("--data-root", action="append", default=None, metavar="FOLDER", help="folders that may be loaded in share mode (repeatable; default: FOLDER and sample_data/)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    parser.add_argument("--training-runner", default=DEFAULT_TRAINING_RUNNER, choices=TRAINING_RUNNERS, help="where the app's training runs go: process (default: a crash cannot take the app down) or thread (inside the server)")
     parser.set_defaults(func=run)
 
 
@@ -28,5 +30,6 @@ def run(args: argparse.Namespace) -> int:
         raise RetrievalAppError(f"folder {folder} does not exist")
     from ..ui.launch import launch_app
 
-    launch_app(folder=folder, host=args.host, port=args.port, share=args.share, auth=args.auth, data_roots=args.data_root, open_browser=not args.no_browser)
+    launch_app(folder=folder, host=args.host, port=args.port, share=args.share, auth=args.auth, data_roots=args.data_root, open_browser=not args.no_browser,
+               training_runner=args.training_runner)
     return 0

@@ -94,10 +94,16 @@ def claim_stdout() -> BinaryIO:
     return messages
 
 
-def watch_parent(stdin: BinaryIO, cancel: threading.Event) -> threading.Thread:
+def watch_parent(stdin_fd: int, cancel: threading.Event) -> threading.Thread:
+    """Commands from the parent, read from the raw file descriptor: a thread blocked in
+    `sys.stdin`'s buffered reader would hold its lock and abort the interpreter's exit."""
+
     def read() -> None:
-        for line in stdin:
-            if line.strip() == b"cancel":
+        pending = b""
+        while chunk := _read(stdin_fd):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if any(line.strip() == b"cancel" for line in lines):
                 cancel.set()
         cancel.set()  # end of file: the parent is gone
         timer = threading.Timer(EXIT_AFTER_PARENT_GONE_S, os._exit, (EXIT_PARENT_GONE,))
@@ -107,6 +113,13 @@ def watch_parent(stdin: BinaryIO, cancel: threading.Event) -> threading.Thread:
     thread = threading.Thread(target=read, name="parent-watch", daemon=True)
     thread.start()
     return thread
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return b""
 
 
 def cancel_on_signals(cancel: threading.Event) -> None:
@@ -140,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     cancel = threading.Event()
     channel = Channel(claim_stdout(), cancel)
     cancel_on_signals(cancel)
-    watch_parent(sys.stdin.buffer, cancel)
+    watch_parent(sys.stdin.fileno(), cancel)
     spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
 
     from .config import TrainConfig  # torch is imported from here on
@@ -155,4 +168,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Everything the run writes is written, and the outcome sent, by now: skip the
+    # interpreter's teardown, which with torch loaded took seconds on a busy machine
+    # (and a daemon thread in a read must not abort it).
+    sys.stderr.flush()
+    os._exit(status)

@@ -8,23 +8,27 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..choices import DEFAULT_TRAINING_RUNNER
 from ..paths import sample_data_dir
 from .access import MAX_UPLOAD_FILE_BYTES, DataRoots, expire_uploads, generate_password, parse_auth
 from .app import PAGE_CSS, AppConfig, allowed_paths, build_app, page_head
 from .served import expire_served
-from .session import uploads_root
+from .session import SessionRegistry, uploads_root
 
 
-def make_app(folder: Path | None, *, share: bool = False, data_roots: list[str] | None = None, restrict_folders: bool | None = None):
+def make_app(folder: Path | None, *, share: bool = False, data_roots: list[str] | None = None, restrict_folders: bool | None = None,
+             training_runner: str = DEFAULT_TRAINING_RUNNER):
     """The app's Blocks. Folder loading is limited to the data roots when `restrict_folders`
-    (default: in share mode); the roots default to `folder` and sample_data/."""
+    (default: in share mode); the roots default to `folder` and sample_data/. Training runs
+    go to `training_runner` (see training/runners.py)."""
     roots = data_roots or [p for p in (folder, sample_data_dir()) if p is not None]
     restricted = share if restrict_folders is None else restrict_folders
-    config = AppConfig(folder=folder, data_roots=DataRoots.of(roots, restricted=restricted))
+    config = AppConfig(folder=folder, data_roots=DataRoots.of(roots, restricted=restricted), sessions=SessionRegistry(training_runner))
     return build_app(config)
 
 
-def launch_app(*, folder: Path | None, host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None, data_roots: list[str] | None = None, open_browser: bool = True, block: bool = True, restrict_folders: bool | None = None, max_file_size: int = MAX_UPLOAD_FILE_BYTES):
+def launch_app(*, folder: Path | None, host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None, data_roots: list[str] | None = None, open_browser: bool = True, block: bool = True, restrict_folders: bool | None = None, max_file_size: int = MAX_UPLOAD_FILE_BYTES,
+               training_runner: str = DEFAULT_TRAINING_RUNNER):
     """Start the app (a login is generated in share mode when `auth` is None); returns the
     running Blocks. `block=False` returns at once (tests, benchmarks). `max_file_size`:
     Gradio refuses a bigger uploaded file (HTTP 413) while it streams in."""
@@ -38,7 +42,7 @@ def launch_app(*, folder: Path | None, host: str = "127.0.0.1", port: int = 7860
     # Left by earlier runs: unpacked uploads and served folders older than a day.
     expire_uploads(uploads_root())
     expire_served()
-    demo = make_app(folder, share=share, data_roots=data_roots, restrict_folders=restrict_folders)
+    demo = make_app(folder, share=share, data_roots=data_roots, restrict_folders=restrict_folders, training_runner=training_runner)
     demo.queue(default_concurrency_limit=4)
     # quiet: Gradio's banner would tell users to "set `share=True` in `launch()`"; the app
     # prints its own lines below, naming its own --share option.
@@ -51,7 +55,7 @@ def launch_app(*, folder: Path | None, host: str = "127.0.0.1", port: int = 7860
         # Offline (or the share service refused): keep the local app working.
         print(f"Could not create a share link ({type(exc).__name__}: {exc}); running locally only.", file=sys.stderr, flush=True)
         demo.close()
-        demo = make_app(folder, share=True, data_roots=data_roots, restrict_folders=restrict_folders)
+        demo = make_app(folder, share=True, data_roots=data_roots, restrict_folders=restrict_folders, training_runner=training_runner)
         demo.queue(default_concurrency_limit=4)
         demo.launch(share=False, **kwargs)
     _print_addresses(demo, share)

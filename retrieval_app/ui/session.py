@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..choices import DEFAULT_TRAINING_RUNNER
 from ..data import ScanResult, scan_folder
 from ..errors import RetrievalAppError
 from ..paths import cache_dir, models_dir
@@ -23,6 +24,7 @@ from ..thumbnails import ensure_thumbnails
 from ..training import JobSnapshot, TrainConfig, TrainingJob, checkpoint_distance, load_embedder
 from ..training.checkpoint import checkpoint_dial, is_head_only, set_checkpoint_blend
 from ..training.dial import Dial
+from ..training.runners import training_job
 from .access import DataRoots
 from .query_input import read_query_image, uploaded_path
 from .served import ServedFiles
@@ -46,6 +48,7 @@ class SessionState:
     method: str = "umap"
     job: TrainingJob | None = None
     job_consumed: bool = False
+    training_runner: str = DEFAULT_TRAINING_RUNNER  # where runs go: see training/runners.py
     # The specialise <-> generalise dial of the latest quick-mode run (or of a model picked
     # in the Models section), the model it belongs to (None: the run kept the backbone and
     # saved nothing) and that run's settings (to train again at another point).
@@ -190,7 +193,7 @@ class SessionState:
     def _start(self, config: TrainConfig) -> TrainingJob:
         if self.job is not None and self.job.running:
             raise RetrievalAppError("a training run is already going; cancel it first")
-        self.job = TrainingJob(config).start()
+        self.job = training_job(config, self.training_runner).start()
         self.job_consumed = False
         return self.job
 
@@ -242,12 +245,13 @@ class SessionRegistry:
     a component's server function, outside Gradio's events and their `gr.State`). Held
     weakly: a session Gradio has dropped is gone from here too. One per app."""
 
-    def __init__(self) -> None:
+    def __init__(self, training_runner: str = DEFAULT_TRAINING_RUNNER) -> None:
+        self.training_runner = training_runner  # given to every new session
         self._sessions: weakref.WeakValueDictionary[str, SessionState] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
 
     def new(self) -> SessionState:
-        state = SessionState()
+        state = SessionState(training_runner=self.training_runner)
         with self._lock:
             self._sessions[state.page_token] = state
         return state
