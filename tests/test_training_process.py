@@ -24,6 +24,7 @@ from retrieval_app.training import TrainConfig, TrainEvent
 from retrieval_app.training import wire
 from retrieval_app.training.callbacks import Callback
 from retrieval_app.training.dial import Dial, DialPoint
+from retrieval_app.training.job import CANCELLED_EARLY
 from retrieval_app.training.runners import RUNNERS, training_job
 from retrieval_app.training.subprocess_job import ProcessTrainingJob
 from synthetic import write_class_folder
@@ -194,6 +195,14 @@ def test_cancel_stops_the_process_within_seconds_with_the_thread_job_s_outcome(s
     assert took < 3.0, f"the run stopped {took:.1f} s after the cancel"
     assert snap.result is not None and snap.result.stopped_because == "cancelled" and snap.message.startswith("Stopped: cancelled.")
     assert job.wait_process(30) == 0
+
+
+def test_a_cancel_while_the_worker_starts_up_ends_it_at_once(shapes, tmp_path):
+    job = ProcessTrainingJob(config(shapes, tmp_path / "early")).start()
+    job.cancel()  # the worker is still importing torch: nothing to keep
+    snap = job.wait(5)
+    assert snap.state == "cancelled" and snap.message == CANCELLED_EARLY and snap.result is None
+    assert job.wait_process(5) == -signal.SIGKILL
 
 
 def test_a_worker_that_ignores_a_cancel_is_killed_after_the_grace_period(shapes, tmp_path):

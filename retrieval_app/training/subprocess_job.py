@@ -37,7 +37,7 @@ from ..errors import RetrievalAppError
 from . import wire
 from .config import TrainConfig
 from .events import EventCallback, ignore_event
-from .job import JobSnapshot, Outcome, TrainingJob
+from .job import CANCELLED_EARLY, JobSnapshot, Outcome, TrainingJob
 
 WORKER_MODULE = "retrieval_app.training.worker"
 CANCEL_GRACE_S = 10.0  # after a cancel: the worker is killed if it has not ended by then
@@ -60,8 +60,9 @@ class ProcessTrainingJob(TrainingJob):
         self._proc: subprocess.Popen | None = None
         self._done = threading.Event()
         self._output_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._started = False  # the worker said it runs (its imports done)
         self._cancel_sent = False
-        self._killed_after_cancel = False
+        self._killed_for = ""  # "cancel before start" or "cancel ignored": why this side killed it
         self._workdir: Path | None = None
         self._stderr_reader: threading.Thread | None = None
 
@@ -75,7 +76,7 @@ class ProcessTrainingJob(TrainingJob):
         spec_path = self._workdir / "job.json"
         atomic_write_text(spec_path, spec)
         with self._lock:
-            self._snapshot = JobSnapshot(state="running", phase="starting the training process", started_at=time.time())
+            self._snapshot = JobSnapshot(state="running", phase="starting", started_at=time.time())
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", WORKER_MODULE, str(spec_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -92,12 +93,17 @@ class ProcessTrainingJob(TrainingJob):
 
     def cancel(self) -> None:
         """Ask the worker to stop (it answers with its outcome, usually within a batch);
-        kill it if it has not ended `cancel_grace_s` later."""
+        kill it if it has not ended `cancel_grace_s` later. A worker still starting up
+        (importing torch takes seconds) has nothing to keep: it is killed at once."""
         self._cancel.set()
         with self._lock:
             if self._proc is None or self._done.is_set() or self._cancel_sent:
                 return
             self._cancel_sent = True
+            if not self._started:
+                self._killed_for = "cancel before start"
+                self._proc.kill()
+                return
         self._tell("cancel")
         threading.Thread(target=self._kill_unless_done, name=f"train-{self.config.name}-grace", daemon=True).start()
 
@@ -134,7 +140,7 @@ class ProcessTrainingJob(TrainingJob):
     def _kill_unless_done(self) -> None:
         if self._done.wait(self.cancel_grace_s) or self._proc.poll() is not None:
             return
-        self._killed_after_cancel = True
+        self._killed_for = "cancel ignored"
         self._proc.kill()
 
     def _stop_at_exit(self) -> None:
@@ -173,7 +179,10 @@ class ProcessTrainingJob(TrainingJob):
 
     def _handle(self, message) -> None:
         kind = message.get("type") if isinstance(message, dict) else None
-        if kind == "event":
+        if kind == "started":
+            with self._lock:
+                self._started = True
+        elif kind == "event":
             self._record(message["event"])
         elif kind == "end":
             outcome: Outcome = message["outcome"]
@@ -195,7 +204,9 @@ class ProcessTrainingJob(TrainingJob):
             self._output_tail.append(text[:STDERR_LINE_CHARS])
 
     def _ended_without_outcome(self, code: int) -> Outcome:
-        if self._killed_after_cancel:
+        if self._killed_for == "cancel before start":
+            return Outcome("cancelled", CANCELLED_EARLY)
+        if self._killed_for == "cancel ignored":
             return Outcome("cancelled", f"Cancelled: the training process had not stopped {self.cancel_grace_s:g} s after the cancel and was "
                                         "killed; the model in use is unchanged.")
         detail = f"the training process {describe_exit(code)} before the run ended"

@@ -4,8 +4,8 @@ Started by `ProcessTrainingJob` (see `subprocess_job.py`), never by users. It ru
 same `run_trainer` as the thread job and talks to its parent through its standard
 streams:
 
-- stdout carries only messages, one JSON line each (`wire.py`): ``{"type": "event",
-  "event": TrainEvent}`` while the run goes on, then ``{"type": "end", "outcome":
+- stdout carries only messages, one JSON line each (`wire.py`): ``{"type": "started"}``
+  once it listens for a cancel, ``{"type": "event", "event": TrainEvent}`` while the run goes on, then ``{"type": "end", "outcome":
   Outcome}``. Anything else that would print to stdout (a library's print) goes to
   stderr instead, so it cannot break a line;
 - stderr is free text: the parent keeps its last lines to explain a crash;
@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     channel = Channel(claim_stdout(), cancel)
     cancel_on_signals(cancel)
     watch_parent(sys.stdin.fileno(), cancel)
+    channel.send({"type": "started"})  # from now on a cancel is heard
     spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
 
     from .config import TrainConfig  # torch is imported from here on
