@@ -129,6 +129,9 @@ def test_the_runners_are_the_registered_choices():
     assert isinstance(training_job(TrainConfig(folder="x", out_dir="y")), ProcessTrainingJob)
     with pytest.raises(Exception, match="unknown training runner"):
         training_job(TrainConfig(folder="x", out_dir="y"), "cluster")
+    from retrieval_app.ui.session import SessionRegistry, SessionState
+
+    assert SessionState().training_runner == "process" and SessionRegistry("thread").new().training_runner == "thread"
 
 
 # ----------------------------------------------------------------- a whole run
