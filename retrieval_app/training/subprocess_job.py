@@ -75,8 +75,7 @@ class ProcessTrainingJob(TrainingJob):
         self._workdir = Path(tempfile.mkdtemp(prefix="retrieval-app-train-"))
         spec_path = self._workdir / "job.json"
         atomic_write_text(spec_path, spec)
-        with self._lock:
-            self._snapshot = JobSnapshot(state="running", phase="starting", started_at=time.time())
+        started_at = time.time()
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", WORKER_MODULE, str(spec_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -85,6 +84,8 @@ class ProcessTrainingJob(TrainingJob):
         except OSError as exc:
             self._remove_workdir()
             raise RetrievalAppError(f"could not start the training process: {exc}") from None
+        with self._lock:
+            self._snapshot = JobSnapshot(state="running", phase="starting", started_at=started_at)
         atexit.register(self._stop_at_exit)
         self._stderr_reader = threading.Thread(target=self._read_stderr, name=f"train-{self.config.name}-stderr", daemon=True)
         self._stderr_reader.start()
