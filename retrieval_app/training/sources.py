@@ -151,7 +151,7 @@ class FullSource(_Source):
             if self.config.mining == "random" and not bool(good.all()):
                 continue  # a triplet with an unreadable image cannot be formed
             rows, labels = rows[good], self.train_labels[torch.as_tensor(indices)][good]
-            if len(labels) < 2 and not self.dist.enabled:  # several ranks: kept, the gathered batch counts
+            if len(labels) < 2:  # several ranks: one rank out of batches ends the epoch for all (trainer)
                 continue
             images = self.decoded.batch(rows, augment=True, generator=self.generator).to(self.device)
             yield images, labels.to(self.device)
@@ -176,7 +176,7 @@ class FullSource(_Source):
             self._report_failures(batch.failures)
             if self.config.mining == "random" and batch.failures:
                 continue  # a triplet with an unreadable image cannot be formed
-            if len(batch.labels) < 2 and not self.dist.enabled:
+            if len(batch.labels) < 2:
                 continue
             images = batch.images.to(self.device, non_blocking=True)
             if self.device.type == "cpu":
