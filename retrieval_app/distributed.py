@@ -74,13 +74,6 @@ class Distributed:
             raise RetrievalAppError(f"could not join the {backend} process group of {world} processes: {str(exc).splitlines()[0]}") from None
         return cls(rank, world, local, backend, owns_group=True)
 
-    @classmethod
-    def of_group(cls) -> "Distributed":
-        """The context of an already joined default group (tests, other launchers)."""
-        if not dist.is_initialized():
-            return cls()
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())), dist.get_backend())
-
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()

@@ -37,6 +37,21 @@ def launch(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     return done
 
 
+def test_without_torchrun_every_operation_is_the_single_process_one(monkeypatch):
+    from retrieval_app.distributed import Distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    single = Distributed.from_env("auto")
+    assert not single.enabled and single.is_main and single.loss_scale == 1.0 and single.backend is None
+    embeddings, labels = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
+    gathered, gathered_labels = single.gather_batch(embeddings, labels)
+    assert gathered is embeddings and gathered_labels is labels
+    module = torch.nn.Linear(2, 2)
+    assert single.wrap(module) is module and single.agree(2) == 2 and single.share({"a": 1}) == {"a": 1}
+    assert single.shard([1, 2, 3]) == [1, 2, 3] and single.total(5) == 5
+    assert Distributed(rank=1, world_size=3).shard(list(range(7))) == [1, 4]
+
+
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("ranks")
