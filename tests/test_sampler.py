@@ -147,3 +147,37 @@ def test_random_triplets_need_two_classes_and_a_pair():
     with pytest.raises(DatasetError, match="two classes"):
         RandomTripletDataset([4, 4, 4], 5)  # one class only
     assert sample_random_triplets([0, 0, 1], 0).shape == (0, 3)
+
+
+# ------------------------------------------------------------- several ranks
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_deal_out_one_global_sequence(world_size):
+    single = list(PKSampler(LABELS, 3, 2, seed=4, batches_per_epoch=12))
+    ranks = [PKSampler(LABELS, 3, 2, seed=4, batches_per_epoch=12, rank=r, world_size=world_size) for r in range(world_size)]
+    per_rank = [list(sampler) for sampler in ranks]
+    assert [len(sampler) for sampler in ranks] == [12 // world_size] * world_size
+    for r, batches in enumerate(per_rank):
+        assert batches == single[r::world_size]  # turns of the single process's sequence
+    # covering: together the ranks draw exactly the single process's epoch
+    assert sorted(map(tuple, (b for batches in per_rank for b in batches))) == sorted(map(tuple, single))
+    # distinct: at every step the ranks hold different batches of that sequence
+    for step in range(12 // world_size):
+        assert len({tuple(batches[step]) for batches in per_rank}) == world_size
+
+
+def test_rank_batches_are_deterministic_per_epoch():
+    def epoch_of(rank, epoch):
+        sampler = PKSampler(LABELS, 3, 2, seed=9, batches_per_epoch=8, rank=rank, world_size=2)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert epoch_of(1, 3) == epoch_of(1, 3)
+    assert epoch_of(1, 3) != epoch_of(1, 4)
+    assert epoch_of(0, 3) != epoch_of(1, 3)
+
+
+def test_every_rank_gets_a_batch_even_when_the_epoch_is_short():
+    samplers = [PKSampler(LABELS, 2, 2, seed=0, batches_per_epoch=1, rank=r, world_size=4) for r in range(4)]
+    assert [len(list(s)) for s in samplers] == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match="rank"):
+        PKSampler(LABELS, 2, 2, rank=2, world_size=2)

@@ -52,6 +52,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distributed import Distributed
+
+    # Under torchrun: one process group for the whole command (see distributed.py).
+    with Distributed.from_env(args.device) as distributed:
+        return _train(args, distributed)
+
+
+def _train(args: argparse.Namespace, distributed) -> int:
     from pathlib import Path
 
     from ..data import scan_folder
@@ -65,14 +73,17 @@ def run(args: argparse.Namespace) -> int:
         weights=args.weights, distance=args.distance, margin=args.margin, mining=args.mining,
         reduction=args.reduction, epochs=args.epochs, time_budget=args.time_budget, patience=args.patience,
         batch_size=args.batch_size, samples_per_class=args.samples_per_class, lr=args.lr, seed=args.seed,
-        device=args.device, num_workers=args.workers, resume=args.resume, folds=args.folds, blend=args.blend,
+        device=distributed.device_preference(args.device), num_workers=args.workers, resume=args.resume, folds=args.folds, blend=args.blend,
     ).validate()  # bad values fail before the folder is scanned
+    if not distributed.is_main:  # rank 0 reports; the others train in silence
+        Trainer(config, distributed=distributed).run()
+        return 0
     # The trainer scans the folder again; scanning here first lists what it will leave out.
     report_left_out(scan_folder(args.folder))
     cancel = threading.Event()
     with TrainingProgressPrinter() as printer:
         try:
-            result = Trainer(config, on_event=printer, cancel=cancel).run()
+            result = Trainer(config, on_event=printer, cancel=cancel, distributed=distributed).run()
         except KeyboardInterrupt:
             cancel.set()
             raise

@@ -55,11 +55,20 @@ class PKSampler:
     same index twice unless its class has fewer than K items (then all of them appear and
     the rest of the K slots repeat as few as possible). Each epoch reshuffles,
     deterministically from `seed` and the epoch number (`set_epoch`, or counted up on every
-    `iter`). Use as ``DataLoader(dataset, batch_sampler=PKSampler(...))``."""
+    `iter`). Use as ``DataLoader(dataset, batch_sampler=PKSampler(...))``.
 
-    def __init__(self, labels: Sequence[int], p: int, k: int, *, seed: int = 0, batches_per_epoch: int | None = None) -> None:
+    Several processes (`rank`, `world_size`): all draw the same global sequence of
+    P×K batches (same seed, same epoch) and rank r keeps batches r, r + world_size, …;
+    so the ranks' batches at one step are consecutive batches of that sequence, never
+    the same batch twice, and an epoch is `batches_per_epoch` batches in all (rounded
+    down to a multiple of `world_size`, at least one per rank)."""
+
+    def __init__(self, labels: Sequence[int], p: int, k: int, *, seed: int = 0, batches_per_epoch: int | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
         if p < 2 or k < 2:
             raise ValueError(f"a P×K batch needs p ≥ 2 classes and k ≥ 2 images per class for triplets, got p={p}, k={k}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         if batches_per_epoch is not None and batches_per_epoch < 1:
             raise ValueError(f"batches_per_epoch must be at least 1, got {batches_per_epoch}")
         label_array = as_label_array(labels)
@@ -71,7 +80,9 @@ class PKSampler:
         self.p = min(p, len(self.classes))
         self.k = k
         n_items = sum(len(m) for m in self.members.values())
-        self.batches_per_epoch = batches_per_epoch or max(1, n_items // (self.p * self.k))
+        self.global_batches = batches_per_epoch or max(1, n_items // (self.p * self.k))
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = max(1, self.global_batches // world_size)  # this rank's
         self.seed = seed
         self.epoch = 0
 
@@ -96,8 +107,10 @@ class PKSampler:
     def _batches(self, rng: np.random.Generator) -> Iterator[list[int]]:
         class_cycle = _ShuffledCycle(self.classes, rng)
         item_cycles = {c: _ShuffledCycle(m, rng) for c, m in self.members.items()}
-        for _ in range(self.batches_per_epoch):
+        # Every rank draws the whole global sequence (index shuffling: cheap) and keeps its turns.
+        for number in range(self.batches_per_epoch * self.world_size):
             batch: list[int] = []
             for c in class_cycle.take(self.p):
                 batch.extend(item_cycles[c].take(self.k))
-            yield batch
+            if number % self.world_size == self.rank:
+                yield batch

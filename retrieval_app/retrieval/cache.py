@@ -226,13 +226,18 @@ def cached_embeddings(
     cancel: threading.Event | None = None,
     flush_rows: int = FLUSH_ROWS,
     flush_seconds: float = FLUSH_SECONDS,
+    merge: bool = True,
 ) -> EmbeddingResult:
     """Embeddings of every record (in order), read from the cache where the file is
     unchanged and computed (then cached) where it is new or changed.
 
     The result's `n_cached`, `n_computed` and `n_removed` (cached files no longer among
     the records) say what happened. Afterwards the store mirrors exactly these records,
-    so pass a whole folder. Work done before a cancel or crash stays cached."""
+    so pass a whole folder. Work done before a cancel or crash stays cached.
+
+    `merge=False` leaves the store alone and only adds part files: for one shard of a
+    folder embedded by one of several processes (`sharded.py`), whose parts the next
+    whole-folder call merges."""
     _check_output(output)
     records = list(scan_or_records.records if isinstance(scan_or_records, ScanResult) else scan_or_records)
     if not records:
@@ -258,7 +263,7 @@ def cached_embeddings(
     if len(misses):
         _compute_misses(net, records, misses, result, writer, batch_size=batch_size, num_workers=num_workers, device=device, progress=progress, cancel=cancel, output=output, n_hits=len(hits))
     merged_already = [p.name for p in stored.files] == [STORE_NAME]
-    if len(misses) or result.n_removed or stored.damaged or (stored.files and not merged_already):
+    if merge and (len(misses) or result.n_removed or stored.damaged or (stored.files and not merged_already)):
         _merge(folder, records, result, [*stored.files, *writer.written])
     return result
 

@@ -5,7 +5,12 @@ matrix), so the loop is built for per-step overhead: features stay in one tensor
 triplets of a P×K batch are cached by the miner, the optimizer is fused where torch has
 one, the work runs on one thread (`threads.py`), and progress is reported a few times a
 second rather than every step. Validation and checkpoints are the caller's business,
-at steps it chooses (`eval_at`)."""
+at steps it chooses (`eval_at`).
+
+Under `torchrun` (a `distributed.Distributed` context) the head trains through a module's
+`forward` (`FeatureForward`) wrapped in DistributedDataParallel, so the ranks' gradients
+are averaged; each rank draws its turns of one global P×K sequence, mines on the batch
+gathered from every rank, and the ranks agree at every step whether to go on."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from ..data.triplets import sample_random_triplets
 from ..errors import RetrievalAppError
 from ..losses import TripletLoss
 from .config import TrainConfig
+from ..distributed import Distributed
 from .mining_monitor import MiningMonitor
 
 PROGRESS_INTERVAL_S = 0.2  # how often the loop reports loss and speed
@@ -58,31 +64,55 @@ def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Optimi
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def batch_indices(labels: torch.Tensor, config: TrainConfig, seed: int) -> Iterator[torch.Tensor]:
-    """An endless stream of index batches: P×K batches for online mining, or
-    [anchors | positives | negatives] of random triplets for mining="random"."""
+def batch_indices(labels: torch.Tensor, config: TrainConfig, seed: int, *, rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
+    """An endless stream of index batches: P×K batches for online mining (rank `rank`'s
+    turns of one global sequence), or [anchors | positives | negatives] of random
+    triplets for mining="random" (drawn per rank)."""
     if config.mining == "random":
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed + rank * 1_000_003)
         per_batch = max(1, config.batch_size // 3)
         while True:
             yield sample_random_triplets(labels, per_batch, generator).t().reshape(-1)
     k = config.samples_per_class
-    sampler = PKSampler(labels.tolist(), max(2, config.batch_size // k), k, seed=seed, batches_per_epoch=1 << 62)
+    sampler = PKSampler(labels.tolist(), max(2, config.batch_size // k), k, seed=seed, batches_per_epoch=1 << 62, rank=rank, world_size=world_size)
     for batch in sampler:
         yield torch.as_tensor(batch, dtype=torch.long)
+
+
+class FeatureForward(torch.nn.Module):
+    """`net.embed_features` as a module's `forward`, holding only the head: what DDP
+    wraps in quick mode (DDP synchronises gradients only of work done through `forward`;
+    the frozen backbone stays outside, so nothing of it is broadcast or bucketed)."""
+
+    def __init__(self, net) -> None:
+        super().__init__()
+        self.head = net.head
+        self._embed = net.embed_features  # a bound method: the net is not a submodule
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self._embed(features)
+
+
+# Per-step decisions, by severity (`Distributed.agree` takes the largest over the ranks).
+GO_ON, STOP, CANCELLED = 0, 1, 2
 
 
 class HeadLoop:
     """Trains `net`'s head on (features, labels) with the config's loss and mining."""
 
-    def __init__(self, net, features: torch.Tensor, labels: torch.Tensor, config: TrainConfig, *, lr: float, seed: int, cancel: threading.Event | None = None) -> None:
+    def __init__(self, net, features: torch.Tensor, labels: torch.Tensor, config: TrainConfig, *, lr: float, seed: int, cancel: threading.Event | None = None,
+                 distributed: Distributed | None = None) -> None:
         self.net = net
         self.features = features.contiguous()
         self.labels = labels
         self.config = config
         self.cancel = cancel or threading.Event()
+        self.dist = distributed or Distributed()
+        self.model = self.dist.wrap(FeatureForward(net))  # after the head's start is set: DDP copies rank 0's
+        # Random triplets are laid out per batch ([a | p | n]): nothing to mine globally.
+        self.gather = self.dist.enabled and config.mining != "random"
         self.optimizer = make_optimizer(net.head.parameters(), lr, config.weight_decay)
-        self.batches = batch_indices(labels.cpu(), config, seed)
+        self.batches = batch_indices(labels.cpu(), config, seed, rank=self.dist.rank, world_size=self.dist.world_size)
         self.loss_fn = TripletLoss(config.mining, margin=config.margin, distance=config.distance, reduction=config.reduction)
         self.monitor = MiningMonitor(self.loss_fn, every=STATS_EVERY)
         self.steps = 0
@@ -100,10 +130,11 @@ class HeadLoop:
         target = self.steps + steps if steps is not None else math.inf
         last_report, losses, actives = started, [], []
         self.net.train()
-        while self.steps < target and (deadline is None or time.monotonic() < deadline):
-            if self.cancel.is_set():
+        while True:
+            decision = self._decide(target, deadline, stop)
+            if decision == CANCELLED:
                 raise TrainingStopped()
-            if stop is not None and stop.is_set():
+            if decision == STOP:
                 break
             loss, active = self.step()
             losses.append(loss)
@@ -118,12 +149,29 @@ class HeadLoop:
                 self.net.train()
         return self.steps
 
+    def _decide(self, target: float, deadline: float | None, stop) -> int:
+        """Go on, stop or cancelled, agreed by every rank (a deadline or a cancel seen by
+        one rank alone would leave the others waiting)."""
+        if self.steps >= target or (deadline is not None and time.monotonic() >= deadline):
+            code = STOP
+        elif self.cancel.is_set():
+            code = CANCELLED
+        elif stop is not None and stop.is_set():
+            code = STOP
+        else:
+            code = GO_ON
+        return self.dist.agree(code)
+
     def step(self) -> tuple[torch.Tensor, float]:
         index = next(self.batches)
-        embeddings = self.net.embed_features(self.features[index])
-        out = self.loss_fn(embeddings, self.labels[index])
+        embeddings, labels = self.model(self.features[index]), self.labels[index]
+        scale = 1.0
+        if self.gather:  # mine on the global batch; see distributed.py for the scale
+            embeddings, labels = self.dist.gather_batch(embeddings, labels)
+            scale = self.dist.loss_scale
+        out = self.loss_fn(embeddings, labels)
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        (out.loss * scale if scale != 1.0 else out.loss).backward()
         self.optimizer.step()
         self.monitor.observe(out, out.active_fraction)
         self.steps += 1

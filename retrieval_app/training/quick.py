@@ -12,7 +12,11 @@ refitted on everything.
 3. **Refit.** The head trains from its start on *all* images and classes for the
    recommended length, and is blended as recommended (or as the user chose). At query
    time every class of the folder has been seen, so nothing is held back from the model
-   the user gets; the fold averages are reported as its expected quality."""
+   the user gets; the fold averages are reported as its expected quality.
+
+Under `torchrun` every rank trains every fold and the refit (`HeadLoop` under DDP, on the
+global batch); only rank 0 measures, builds the dial and chooses, and the choice (length,
+blend) is shared, so all ranks refit alike."""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import torch.nn.functional as F
 
 from ..data.scan import ImageRecord
 from ..data.split import Split, split_records
+from ..distributed import Distributed
 from ..metrics import retrieval_metrics
 from ..networks.heads import is_blendable
 from ..threads import workload_threads
@@ -123,8 +128,10 @@ def head_net_factory(base, config: TrainConfig, init_features: torch.Tensor, dev
 
 class QuickProtocol:
     def __init__(self, config: TrainConfig, make_net: Callable[[], torch.nn.Module], table: FeatureTable, *,
-                 lr: float, metric_distance: str, cancel: threading.Event, emit: Emit, stop: StopRequest | None = None) -> None:
+                 lr: float, metric_distance: str, cancel: threading.Event, emit: Emit, stop: StopRequest | None = None,
+                 distributed: Distributed | None = None) -> None:
         self.config = config
+        self.dist = distributed or Distributed()
         self.make_net = make_net  # a fresh network whose head is at its start
         self.table = table
         self.lr = lr
@@ -159,7 +166,7 @@ class QuickProtocol:
         with workload_threads("head"):
             folds = self._folds()
             dial = self._select(folds) if folds else Dial(None, None, note="too few images to validate: nothing was held out")
-            steps, blend = self._choice(dial)
+            steps, blend = self.dist.share(self._choice(dial) if self.dist.is_main else None)
             net = None
             if blend is not None:
                 net = self._refit(steps)
@@ -179,7 +186,7 @@ class QuickProtocol:
     # ----------------------------------------------------------- 1. selection
     def _select(self, folds: list[Split]) -> Dial:
         per_fold = []
-        baselines = [self._baseline(fold) for fold in folds]
+        baselines = [self._baseline(fold) for fold in folds] if self.dist.is_main else []
         eval_steps: list[int] | None = None
         fold_budget = self.config.time_budget / (len(folds) + 1) if self.config.time_budget else None
         planned = None if fold_budget else self._planned_steps(len(folds[0].train))
@@ -192,6 +199,8 @@ class QuickProtocol:
                 eval_steps = [row["step"] for row in rows]
                 if fold_budget and self.clock is not None:
                     self.clock.total_steps = steps_done * (len(folds) + 1)
+        if not self.dist.is_main:  # rank 0 measured, and chooses
+            return Dial(None, None, note="measured by rank 0")
         dial = self._dial(per_fold, baselines, len(folds) if folds[0].val_unseen else 0)
         self._refine_blend(dial, folds, baselines)
         return dial
@@ -203,7 +212,8 @@ class QuickProtocol:
     def _train_fold(self, number: int, fold: Split, eval_steps: list[int] | None, budget: float | None, planned: int | None):
         net = self.current_net = self.make_net()
         train_rows = self.table.rows(fold.train)
-        loop = HeadLoop(net, self.table.features[train_rows], self.table.labels[train_rows], self.config, lr=self.lr, seed=self.config.seed + number, cancel=self.cancel)
+        loop = HeadLoop(net, self.table.features[train_rows], self.table.labels[train_rows], self.config, lr=self.lr, seed=self.config.seed + number, cancel=self.cancel,
+                        distributed=self.dist)
         rows = [self._measure(net, fold, number, 0, 0.0)]
         measure = lambda s, e: rows.append(self._measure(net, fold, number, s, e, loop.monitor.window()))  # noqa: E731
         if eval_steps is not None:
@@ -225,7 +235,10 @@ class QuickProtocol:
     @torch.no_grad()
     def _measure(self, net, fold: Split, fold_number: int, step: int, elapsed: float | None, mining: dict | None = None) -> dict[str, Any]:
         """MAP@R and P@1 of the head at every blend, on both validation sets; `mining`:
-        the mining statistics of the steps since the previous measurement."""
+        the mining statistics of the steps since the previous measurement. Other ranks
+        than 0 measure nothing: they note the step, where rank 0 measured."""
+        if not self.dist.is_main:
+            return {"fold": fold_number, "step": step}
         net.eval()
         blends = BLENDS if is_blendable(net.head) else (1.0,)
         if is_blendable(net.head):
@@ -332,7 +345,7 @@ class QuickProtocol:
     def _refit(self, steps: int) -> torch.nn.Module:
         self._phase(f"refitting on all {len(self.table.records)} images of {len(set(self.table.labels.tolist()))} classes for {steps} steps")
         net = self.current_net = self.make_net()
-        loop = HeadLoop(net, self.table.features, self.table.labels, self.config, lr=self.lr, seed=self.config.seed, cancel=self.cancel)
+        loop = HeadLoop(net, self.table.features, self.table.labels, self.config, lr=self.lr, seed=self.config.seed, cancel=self.cancel, distributed=self.dist)
         if self.clock is not None and self.clock.total_steps is not None:
             self.clock.total_steps = self.clock.steps + steps
         loop.run(steps=steps, on_progress=self._progress("refit"))

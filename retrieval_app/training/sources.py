@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from ..data import ImageDataset, collate_skip_bad
 from ..data.sampler import PKSampler
 from ..data.triplets import sample_random_triplets
+from ..distributed import Distributed
 from ..errors import RetrievalAppError, TrainingCancelled
 from ..metrics import retrieval_metrics
 from .config import FROM_SCRATCH_BACKBONES, TrainConfig
@@ -33,15 +34,17 @@ def _no_progress(_label: str) -> None:
 
 class _Source:
     def __init__(self, *, config: TrainConfig, net, split, device: torch.device, cancel: threading.Event, on_phase: Callable[[str], None],
-                 on_pass: PassProgressFactory = _no_progress) -> None:
+                 on_pass: PassProgressFactory = _no_progress, distributed: Distributed | None = None) -> None:
         self.config = config
+        self.dist = distributed or Distributed()
         self.net = net
         self.split = split
         self.device = device
         self.cancel = cancel
         self.on_phase = on_phase
         self.on_pass = on_pass  # progress of each pass over images, batch by batch
-        self.generator = torch.Generator().manual_seed(config.seed)
+        # Augmentation and random triplets: each rank its own stream (rank 0's is the single process's).
+        self.generator = torch.Generator().manual_seed(config.seed + 1_000_003 * self.dist.rank)
         self.train_labels = torch.as_tensor([r.label for r in split.train], dtype=torch.long)
         self._features: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -88,7 +91,7 @@ class _Source:
     def _pk_sampler(self, labels: torch.Tensor, batches_per_epoch: int | None = None) -> PKSampler:
         k = self.config.samples_per_class
         p = max(2, self.config.batch_size // k)
-        return PKSampler(labels.tolist(), p, k, seed=self.config.seed, batches_per_epoch=batches_per_epoch)
+        return PKSampler(labels.tolist(), p, k, seed=self.config.seed, batches_per_epoch=batches_per_epoch, rank=self.dist.rank, world_size=self.dist.world_size)
 
     def _random_triplet_batches(self, labels: torch.Tensor, n_batches: int) -> Iterator[list[int]]:
         per_batch = max(1, self.config.batch_size // 3)
@@ -148,7 +151,7 @@ class FullSource(_Source):
             if self.config.mining == "random" and not bool(good.all()):
                 continue  # a triplet with an unreadable image cannot be formed
             rows, labels = rows[good], self.train_labels[torch.as_tensor(indices)][good]
-            if len(labels) < 2:
+            if len(labels) < 2:  # several ranks: one rank out of batches ends the epoch for all (trainer)
                 continue
             images = self.decoded.batch(rows, augment=True, generator=self.generator).to(self.device)
             yield images, labels.to(self.device)
@@ -166,6 +169,8 @@ class FullSource(_Source):
         loader = DataLoader(
             self.train_set, batch_sampler=batch_sampler, collate_fn=collate_skip_bad,
             num_workers=_workers(self.config), pin_memory=self.device.type == "cuda",
+            # several ranks: per-rank worker seeds (the ranks share the global RNG's state)
+            generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + 7919 * self.dist.rank + epoch) if self.dist.enabled else None,
         )
         for batch in loader:
             self._report_failures(batch.failures)
@@ -246,15 +251,16 @@ class FullSource(_Source):
         return torch.cat(chunks).numpy(), labels
 
 
-def extract_features(net, records, *, device, cancel, num_workers, on_phase, progress=None) -> tuple[list, torch.Tensor]:
+def extract_features(net, records, *, device, cancel, num_workers, on_phase, progress=None, distributed: Distributed | None = None) -> tuple[list, torch.Tensor]:
     """The backbone's pooled features of `records` through the on-disk embedding cache:
     (the readable records, their features as one float32 tensor). Unreadable files are
     reported through `on_phase` and left out; `progress(done, total)` follows every
-    batch, and a set `cancel` stops the pass at the next batch."""
-    from ..retrieval.cache import cached_embeddings
+    batch, and a set `cancel` stops the pass at the next batch. Under `torchrun` each rank
+    computes a shard and every rank gets the whole (`retrieval.sharded`)."""
+    from ..retrieval.sharded import sharded_cached_embeddings
 
     on_phase(f"extracting backbone features of {len(records)} images (cached after the first run)")
-    result = cached_embeddings(net, records, output="features", device=device, cancel=cancel, num_workers=num_workers, progress=progress)
+    result = sharded_cached_embeddings(net, records, distributed or Distributed(), output="features", device=device, cancel=cancel, num_workers=num_workers, progress=progress)
     for path, reason in result.failures:
         on_phase(f"skipped unreadable image {path}: {reason}")
     ok = np.asarray(result.ok, dtype=bool)

@@ -11,6 +11,11 @@ Two modes:
 Both are judged against the bare backbone's own features at full dimension (for
 networks trained from scratch, against the untrained start): fine-tuning that makes
 retrieval on new classes worse than what the user already had is never kept silently.
+
+Under `torchrun` (a `Distributed` context with several ranks) every rank trains on its
+turns of one global batch sequence, mines on the batch gathered from all ranks, and
+DDP averages the gradients; only rank 0 validates, writes files and reports, and every
+decision to stop is shared (see `distributed.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 from ..atomic import atomic_write_json
 from ..data import scan_folder, split_records
 from ..device import select_device
+from ..distributed import Distributed
 from ..errors import RetrievalAppError, TrainingCancelled
 from ..losses import TripletLoss
 from ..losses.distances import get_distance
@@ -41,7 +47,7 @@ from .callbacks import Callback, RunView, StopRequest, as_callbacks
 from .config import FROM_SCRATCH_BACKBONES, TrainConfig
 from .dial import Dial
 from .events import EventCallback, TrainEvent, ignore_event
-from .head_loop import PROGRESS_INTERVAL_S, TrainingStopped
+from .head_loop import CANCELLED, GO_ON, PROGRESS_INTERVAL_S, STOP, TrainingStopped
 from .mining_monitor import MiningMonitor
 from .progress import PassProgress, ProgressClock
 from .quick import FeatureTable, QuickProtocol, head_net_factory
@@ -78,8 +84,9 @@ class Trainer:
     among them."""
 
     def __init__(self, config: TrainConfig, on_event: EventCallback = ignore_event, cancel: threading.Event | None = None,
-                 callbacks: Sequence[Callback | EventCallback] = ()) -> None:
+                 callbacks: Sequence[Callback | EventCallback] = (), distributed: Distributed | None = None) -> None:
         self.config = config.validate()
+        self.dist = distributed or Distributed()
         self.on_event = on_event
         self.callbacks = as_callbacks([StallWatch(self.config), on_event, *callbacks])
         self.stop = StopRequest()  # a callback's request to end training early
@@ -113,12 +120,13 @@ class Trainer:
         base = create_model(cfg.backbone, dim=cfg.dim, normalize=cfg.normalize, pretrained=True, weights=cfg.weights, head=None).to(self.device)
         freeze_backbone(base, True)
         records, features = extract_features(base, scan.records, device=self.device, cancel=self.cancel, num_workers=cfg.num_workers, on_phase=self._phase,
-                                             progress=self._pass_progress("backbone features"))
+                                             progress=self._pass_progress("backbone features"), distributed=self.dist)
         table = FeatureTable(records, features.to(self.device), torch.as_tensor([r.label for r in records], dtype=torch.long, device=self.device))
         head_kind = cfg.resolved_head()
         make_net = head_net_factory(base, cfg, table.features, self.device)
 
-        protocol = QuickProtocol(cfg, make_net, table, lr=cfg.resolved_lr(), metric_distance=self._metric_distance(), cancel=self.cancel, emit=self._emit, stop=self.stop)
+        protocol = QuickProtocol(cfg, make_net, table, lr=cfg.resolved_lr(), metric_distance=self._metric_distance(), cancel=self.cancel, emit=self._emit, stop=self.stop,
+                                 distributed=self.dist)
         self._start_callbacks(RunView("quick", records, scan.classes, self.out_dir, protocol.embed_rows, self._emit, self.stop))
         try:
             outcome, net = protocol.run()
@@ -129,7 +137,7 @@ class Trainer:
         before = _baseline_metrics(dial)
         after = ckpt.estimate_metrics(dial.chosen) if dial.chosen is not None else dict(before)
         model_path = None
-        if net is not None:
+        if net is not None and self.dist.is_main:
             model_path = ckpt.save_model(
                 self.out_dir / ckpt.MODEL_FILE, net, classes=scan.classes, train_config=cfg.to_dict(), metrics=after,
                 epoch=outcome.refit_steps, head_only=True, extra={"dial": dial.to_dict()},
@@ -151,6 +159,8 @@ class Trainer:
             kept=kept, best_epoch=int(best_epoch), epochs_run=int(epochs_run), stopped_because=stopped_because, summary=summary,
             history=list(self.history), skipped_files=[(s.path, s.reason) for s in scan.skipped], dial=dial,
         )
+        if not self.dist.is_main:  # rank 0 writes and reports
+            return result
         atomic_write_json(self.out_dir / ckpt.HISTORY_FILE, self.history)
         atomic_write_json(self.out_dir / ckpt.SUMMARY_FILE, {
             "before": before, "after": after, "backbone_before": backbone_before, "kept": kept, "best_epoch": result.best_epoch,
@@ -170,9 +180,11 @@ class Trainer:
         self._phase(f"{len(split.train)} training images, {len(split.val_seen)} held-out images of trained classes, {len(split.val_unseen)} images of held-out classes")
 
         net = create_model(cfg.backbone, dim=cfg.dim, normalize=cfg.normalize, pretrained=True, weights=cfg.weights, head=cfg.resolved_head()).to(self.device)
-        source = FullSource(config=cfg, net=net, split=split, device=self.device, cancel=self.cancel, on_phase=self._phase, on_pass=self._pass_progress)
+        source = FullSource(config=cfg, net=net, split=split, device=self.device, cancel=self.cancel, on_phase=self._phase, on_pass=self._pass_progress,
+                            distributed=self.dist)
         resumed = self._try_resume(net) if cfg.resume else None
-        if resumed is None and get_head_spec(cfg.resolved_head()).feature_init and cfg.backbone not in FROM_SCRATCH_BACKBONES:
+        # Other ranks get rank 0's start when DDP wraps the network.
+        if resumed is None and self.dist.is_main and get_head_spec(cfg.resolved_head()).feature_init and cfg.backbone not in FROM_SCRATCH_BACKBONES:
             # Start as the pretrained geometry (PCA of its features, or the identity with
             # its trainable subspace in their leading directions).
             init_from_features(net.head, source.train_features())
@@ -180,7 +192,13 @@ class Trainer:
         optimizer = self._make_optimizer(net)
         if resumed is not None:
             optimizer.load_state_dict(resumed["optimizer"])
-        self.backbone_before = source.backbone_metrics(self._metric_distance()) if resumed is None else dict(resumed.get("backbone_before", {}))
+        if not self.dist.is_main:
+            self.backbone_before = {}
+        elif resumed is None:
+            self.backbone_before = source.backbone_metrics(self._metric_distance())
+        else:
+            self.backbone_before = dict(resumed.get("backbone_before", {}))
+        model = self.dist.wrap(net)  # trains through DDP's forward; `net` is validated and saved
         loss_fn = TripletLoss(cfg.mining, margin=cfg.margin, distance=cfg.distance, reduction=cfg.reduction)
         monitor = MiningMonitor(loss_fn)  # every step: a full-mode step costs far more than the statistics
         every = [*split.train, *split.val_seen, *split.val_unseen]
@@ -193,8 +211,9 @@ class Trainer:
         bounded_steps = None if total_epochs >= 10**6 else (total_epochs - max(start_epoch, 1) + 1) * steps_per_epoch
         clock = ProgressClock(bounded_steps, cfg.time_budget)
         if resumed is None:
-            start = self._validate(net, source, epoch=0, train_stats={})
-            best = self._maybe_keep(net, start, best, scan.classes)
+            if self.dist.is_main:
+                start = self._validate(net, source, epoch=0, train_stats={})
+                best = self._maybe_keep(net, start, best, scan.classes)
             start_epoch = 1
         before = self._baseline_row()
 
@@ -205,27 +224,36 @@ class Trainer:
         with workload_threads(network_workload(net.spec.input_size)):
             for epoch in range(start_epoch, total_epochs + 1):
                 self._note(f"training epoch {epoch}")  # a cancel here stops at the epoch's first batch
-                train_stats = self._train_epoch(net, source, loss_fn, monitor, optimizer, epoch, clock)
+                train_stats = self._train_epoch(model, source, loss_fn, monitor, optimizer, epoch, clock)
                 if train_stats.get("cancelled"):
                     stopped_because = "cancelled"
                     break
-                row = self._validate(net, source, epoch=epoch, train_stats=train_stats, clock=clock)
-                if row.get("cancelled"):  # during validation: the epochs kept so far stand
-                    stopped_because = "cancelled"
-                    break
-                best = self._maybe_keep(net, row, best, scan.classes)
-                ckpt.save_training_state(self.out_dir / ckpt.LAST_FILE, net, optimizer, epoch=epoch, history=self.history, best=best, train_config=cfg.to_dict(), classes=scan.classes, extra={"backbone_before": self.backbone_before})
-                if clock.out_of_time():
-                    stopped_because = "time budget reached"
-                    break
-                if self.stop.is_set():
-                    stopped_because = f"stopped early after epoch {epoch}: {self.stop.reason}"
-                    break
-                patience = cfg.resolved_patience()
-                if patience is not None and epoch - best["epoch"] >= patience:
-                    stopped_because = f"no better validation score for {patience} epochs (early stop)"
+                verdict = None
+                if self.dist.is_main:
+                    verdict, best = self._end_epoch(net, source, optimizer, epoch, train_stats, clock, best, scan.classes)
+                verdict = self.dist.share(verdict)  # rank 0 validated: every rank stops with it
+                if verdict is not None:
+                    stopped_because = verdict
                     break
         return self._finish(scan, _flat_metrics(before), best, epoch, stopped_because)
+
+    def _end_epoch(self, net, source, optimizer, epoch: int, train_stats: dict, clock: ProgressClock, best: dict, classes: list[str]) -> tuple[str | None, dict]:
+        """Validate, keep the model if it is the best, save the training state: (why
+        training stops now, or None to go on; the best epoch so far)."""
+        cfg = self.config
+        row = self._validate(net, source, epoch=epoch, train_stats=train_stats, clock=clock)
+        if row.get("cancelled"):  # during validation: the epochs kept so far stand
+            return "cancelled", best
+        best = self._maybe_keep(net, row, best, classes)
+        ckpt.save_training_state(self.out_dir / ckpt.LAST_FILE, net, optimizer, epoch=epoch, history=self.history, best=best, train_config=cfg.to_dict(), classes=classes, extra={"backbone_before": self.backbone_before})
+        if clock.out_of_time():
+            return "time budget reached", best
+        if self.stop.is_set():
+            return f"stopped early after epoch {epoch}: {self.stop.reason}", best
+        patience = cfg.resolved_patience()
+        if patience is not None and epoch - best["epoch"] >= patience:
+            return f"no better validation score for {patience} epochs (early stop)", best
+        return None, best
 
     # -------------------------------------------------------------- set-up
     def _make_optimizer(self, net) -> torch.optim.Optimizer:
@@ -263,26 +291,35 @@ class Trainer:
         return state
 
     # ------------------------------------------------------------ training
-    def _train_epoch(self, net, source, loss_fn, monitor: MiningMonitor, optimizer, epoch: int, clock: ProgressClock) -> dict[str, Any]:
+    def _train_epoch(self, model, source, loss_fn, monitor: MiningMonitor, optimizer, epoch: int, clock: ProgressClock) -> dict[str, Any]:
+        """One epoch through `model` (the network, or DDP around it)."""
         cfg = self.config
-        net.train()
-        if cfg.resolved_mode() == "quick":
-            net.backbone.eval()  # frozen: keep BatchNorm statistics as pretrained
+        model.train()
+        # Several ranks mine on the gathered batch, except random triplets, laid out per batch.
+        gather = self.dist.enabled and cfg.mining != "random"
         scaler = source.grad_scaler()
         losses, actives = [], []
         last_report = -math.inf
-        for inputs, labels in source.batches(epoch):
-            if self.cancel.is_set():
+        batches, out_of_time = iter(source.batches(epoch)), False
+        while True:
+            batch = None if out_of_time else next(batches, None)
+            decision = self.dist.agree(CANCELLED if self.cancel.is_set() else STOP if batch is None else GO_ON)
+            if decision == CANCELLED:
                 return {"cancelled": True}
+            if decision == STOP:
+                break
+            inputs, labels = batch
             with source.autocast():
-                embeddings = source.embed(inputs)
-                out = loss_fn(embeddings.float(), labels)
+                embeddings = model(inputs).float()
+                if gather:  # see distributed.py: the global batch, and the loss scaled for DDP's mean
+                    embeddings, labels = self.dist.gather_batch(embeddings, labels)
+                out = loss_fn(embeddings, labels)
                 loss, active = out.loss, out.active_fraction
             monitor.observe(out, active)
-            if self.cancel.is_set():  # the backward pass is the longer half of a step: skip it
+            if self.cancel.is_set() and not self.dist.enabled:  # the backward pass is the longer half of a step: skip it
                 return {"cancelled": True}
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss * self.dist.loss_scale if gather else loss).backward()
             scaler.step(optimizer)
             scaler.update()
             clock.tick(len(labels))
@@ -296,8 +333,7 @@ class Trainer:
                 total_steps=clock.total_steps, fraction=clock.fraction(), loss=losses[-1],
                 active_fraction=actives[-1], images_per_s=clock.images_per_s(), eta_s=clock.eta_s(), data=data,
             ))
-            if clock.out_of_time():
-                break
+            out_of_time = clock.out_of_time()  # stops before the next batch, on every rank
         if not losses:
             raise RetrievalAppError("no training batch could be formed (are the training images readable?)")
         stats = {"loss": float(np.mean(losses)), "active_fraction": float(np.mean(actives)), "images_per_s": clock.images_per_s()}
@@ -494,6 +530,8 @@ def _summarise_quick(dial: Dial, kept: str, head: str, steps: int) -> str:
 
 
 def _seed_everything(seed: int) -> None:
+    # The same on every rank: same network start, same global batch sequence; the ranks'
+    # augmentations differ through their sources' own generators (`sources.py`).
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
