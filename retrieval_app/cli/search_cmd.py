@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--backend", default="auto", choices=SEARCH_BACKENDS, help="exact search, FAISS, or auto (FAISS for large galleries)")
     parser.add_argument("--json", action="store_true", help="one JSON object per query per line: {query, neighbours: [{id, path, label, distance}]}")
     parser.add_argument("--reject-unknown", action="store_true", help="open-set identification: name each query's identity (its nearest image's class), or 'unknown' when that image is farther than the threshold (default: the calibration's open-set threshold at false-alarm rate 0.01)")
-    add_threshold_arguments(parser, far_help="with --reject-unknown: the calibration's open-set threshold at this false-alarm rate (0.01 or 0.001)")
+    add_threshold_arguments(parser, far_help="with --reject-unknown: the calibration's open-set threshold at this false-alarm rate (0.001, 0.01 or 0.1)")
     parser.set_defaults(func=run)
 
 
