@@ -37,6 +37,7 @@ class Identification:
     nearest_index: int
     nearest_distance: float
     threshold: float
+    distance: str = "euclidean"  # what nearest_distance and threshold measure
 
     @property
     def known(self) -> bool:
@@ -57,7 +58,7 @@ def identify(query_vectors: np.ndarray, gallery_vectors: np.ndarray, gallery_cla
         j = int(np.argmin(row))
         d = float(row[j])
         label = str(gallery_classes[j])
-        out.append(Identification(identity=label if d <= threshold else UNKNOWN, nearest_label=label, nearest_index=j, nearest_distance=d, threshold=float(threshold)))
+        out.append(Identification(identity=label if d <= threshold else UNKNOWN, nearest_label=label, nearest_index=j, nearest_distance=d, threshold=float(threshold), distance=distance))
     return out
 
 

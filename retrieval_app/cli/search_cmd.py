@@ -47,13 +47,13 @@ def run(args: argparse.Namespace) -> int:
     for query, neighbours, who in zip(args.queries, results, identities):
         if args.json:
             hits = [{"id": n.id, "path": str(n.path), "label": n.label, "distance": n.distance} for n in neighbours]
-            extra = {} if who is None else {"identity": who.identity, "nearest_distance": who.nearest_distance, "threshold": who.threshold}
+            extra = {} if who is None else {"identity": who.identity, "nearest_distance": who.nearest_distance, "threshold": who.threshold, "threshold_distance": who.distance}
             print(json.dumps({"query": query, **extra, "neighbours": hits}))
         else:
             print_table(query, neighbours, gallery.distance)
             if who is not None:
                 print(f"  identity: {printable(who.identity)} (nearest {printable(who.nearest_label)} at {who.nearest_distance:.4f} "
-                      f"{'≤' if who.known else '>'} threshold {who.threshold:.4f})")
+                      f"{'≤' if who.known else '>'} threshold {who.threshold:.4f}, {who.distance})")
     return 0
 
 
