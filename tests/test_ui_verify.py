@@ -3,7 +3,6 @@ calibration on the loaded folder, the ROC with the operating point the slider mo
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from retrieval_app.ui.session import SessionState

@@ -82,7 +82,7 @@ def test_calibration_threshold_sets_and_storage_round_trip():
     far, tar = _brute_rates(np.concatenate([genuine, g2]), np.concatenate([impostor, i2]), cal.threshold)
     assert max(far, 1 - tar) == pytest.approx(cal.eer)  # the threshold is the EER point
     assert cal.sets["held-out identities"].n_genuine == 30 and cal.sets["held-out images"].n_impostor == 400
-    assert cal.tar_at_far["0.01"] <= cal.tar_at_far["0.01"] and set(cal.tar_at_far) == {"0.01", "0.001"}
+    assert cal.tar_at_far["0.001"] <= cal.tar_at_far["0.01"] and set(cal.tar_at_far) == {"0.01", "0.001"}
     assert cal.rates_at(cal.threshold) == pytest.approx((far, tar))
     assert cal.threshold_for_far(0.01) == pytest.approx(cal.threshold_at_far["0.01"])
     assert len(cal.roc["far"]) <= 256 + 3 and list(cal.roc["threshold"]) == sorted(cal.roc["threshold"])

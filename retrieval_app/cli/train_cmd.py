@@ -84,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         print(dial_table(result.dial))
     if result.verification is not None:
         print("verification: " + printable(result.verification.summary()) + f"; from {printable(result.verification.source)}")
+        if result.verification.open_set:
+            from ..identification import OpenSetReport
+
+            print(printable(OpenSetReport(**result.verification.open_set).summary()))
     print(f"model: {printable(result.model_path) if result.model_path else 'none saved (the backbone stays the better choice)'}")
     return 0
 
