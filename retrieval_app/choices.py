@@ -38,3 +38,6 @@ DEFAULT_TRAINING_RUNNER = "process"
 PROJECTION_METHODS = ("umap", "pca", "tsne")
 EXPORT_FORMATS = ("npz", "csv", "parquet", "projector")
 SEARCH_BACKENDS = ("auto", "exact", "faiss")
+
+# training/presets.py: a preset fills the TrainConfig fields it names (recipes from papers).
+PRESETS = ("facenet",)

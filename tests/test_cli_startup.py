@@ -26,6 +26,11 @@ ARGVS = [
     ["map", "FOLDER", "--method", "mds"],
     ["export", "FOLDER", "--format", "xml", "--out", "x"],
     ["ui", "--help"],
+    ["verify", "--help"],
+    ["verify", "A", "B", "--far", "7"],
+    ["calibrate", "--help"],
+    ["search", "Q", "--gallery", "G", "--reject-unknown", "--far", "x"],
+    ["train", "FOLDER", "--preset", "vggface"],
     ["frobnicate"],
 ]
 

@@ -31,7 +31,7 @@ LOGIN = ("alice", "pa55word")
 SHARE_MAX_FILE_BYTES = 2 * 1024**2
 ENDPOINTS = {"/load_folder", "/upload_folder", "/set_map_method", "/neighbours_of_point", "/query_image", "/set_k",
              "/train", "/cancel_training", "/training_status", "/preview_blend", "/set_blend", "/delete_model", "/list_models",
-             "/hardest_pair_of_point", "/suspicious_labels"}
+             "/hardest_pair_of_point", "/suspicious_labels", "/verify_pair", "/calibrate_verification", "/set_verification_threshold"}
 
 
 @pytest.fixture(scope="module")
@@ -478,3 +478,16 @@ def test_share_mode_refuses_an_upload_above_the_size_limit(share_server):
     status, content = http_request(url, "/gradio_api/upload", "POST", cookie=cookie, body=body,
                                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}, timeout=30)
     assert status == 413, (status, content[:200])
+
+
+def test_verification_through_the_api(client, env):
+    """The verification panel's endpoints: calibrate on the loaded folder, verify a pair
+    (images uploaded like the query box's), move the threshold along the ROC."""
+    words, figure, slider = client.predict(api_name="/calibrate_verification")
+    assert "EER" in words and "the loaded folder" in words, words
+    slider = slider["value"] if isinstance(slider, dict) else slider  # the slider's update: range and value
+    photos = sorted((env["folder"] / CLASSES[0]).glob("*.jpg"))
+    answer, _, _ = client.predict(handle_file(str(photos[0])), handle_file(str(photos[1])), slider, api_name="/verify_pair")
+    assert answer.startswith("### ✓ Same identity") or answer.startswith("### ✗ Different identities"), answer
+    _, words = client.predict(slider, api_name="/set_verification_threshold")
+    assert words.splitlines()[0] == answer.splitlines()[0] and "At this threshold the calibration accepts" in words

@@ -17,7 +17,7 @@ from ..errors import RetrievalAppError
 
 # Sub-command modules, in the order `--help` lists them. A module missing here simply
 # is not offered (keeps the CLI usable while parts are developed).
-SUBCOMMAND_MODULES = ("ui", "train", "eval", "embed", "search", "map", "export")
+SUBCOMMAND_MODULES = ("ui", "train", "eval", "embed", "search", "map", "export", "verify", "calibrate")
 
 
 def build_parser() -> argparse.ArgumentParser:

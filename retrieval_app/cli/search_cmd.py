@@ -10,6 +10,7 @@ from ..choices import SEARCH_BACKENDS
 from ..errors import RetrievalAppError
 from .common import add_model_arguments, build_gallery
 from .report import printable
+from .thresholds import add_threshold_arguments, load_calibration
 
 
 def register(subparsers) -> None:
@@ -24,6 +25,8 @@ def register(subparsers) -> None:
     parser.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
     parser.add_argument("--backend", default="auto", choices=SEARCH_BACKENDS, help="exact search, FAISS, or auto (FAISS for large galleries)")
     parser.add_argument("--json", action="store_true", help="one JSON object per query per line: {query, neighbours: [{id, path, label, distance}]}")
+    parser.add_argument("--reject-unknown", action="store_true", help="open-set identification: name each query's identity (its nearest image's class), or 'unknown' when that image is farther than the threshold (default: the calibration's open-set threshold at false-alarm rate 0.01)")
+    add_threshold_arguments(parser, far_help="with --reject-unknown: the calibration's open-set threshold at this false-alarm rate (0.001, 0.01 or 0.1)")
     parser.set_defaults(func=run)
 
 
@@ -38,14 +41,52 @@ def run(args: argparse.Namespace) -> int:
     _, gallery = build_gallery(args.gallery, args, quiet=args.json)
     if args.backend != "auto":
         gallery.index = build_index(gallery.embeddings, gallery.distance, args.backend)
-    results = gallery.neighbours_of_images(args.queries, args.k)
-    for query, neighbours in zip(args.queries, results):
+    vectors = gallery.embed_images(args.queries)
+    results = gallery.neighbours_of_vectors(vectors, args.k)
+    identities = identify_queries(args, gallery, vectors) if args.reject_unknown else [None] * len(results)
+    for query, neighbours, who in zip(args.queries, results, identities):
         if args.json:
             hits = [{"id": n.id, "path": str(n.path), "label": n.label, "distance": n.distance} for n in neighbours]
-            print(json.dumps({"query": query, "neighbours": hits}))
+            extra = {} if who is None else {"identity": who.identity, "nearest_distance": who.nearest_distance, "threshold": who.threshold, "threshold_distance": who.distance}
+            print(json.dumps({"query": query, **extra, "neighbours": hits}))
         else:
             print_table(query, neighbours, gallery.distance)
+            if who is not None:
+                print(f"  identity: {printable(who.identity)} (nearest {printable(who.nearest_label)} at {who.nearest_distance:.4f} "
+                      f"{'≤' if who.known else '>'} threshold {who.threshold:.4f}, {who.distance})")
     return 0
+
+
+def identify_queries(args: argparse.Namespace, gallery, vectors):
+    """Open-set answers for the query vectors: the threshold from --threshold, else the
+    calibration's open-set threshold at --far (0.01 by default), else its verification
+    threshold. The verification threshold is for one pair: against a whole gallery the
+    nearest of many images is much closer than a typical impostor pair, so the open-set
+    threshold (measured on nearest-neighbour distances) rejects strangers far better."""
+    from ..identification import identify
+    from ..verification import far_key
+
+    calibration = load_calibration(args, required=True)
+    threshold = args.threshold
+    if threshold is None:
+        open_set = calibration.open_set or {}
+        at = open_set.get("threshold_at_far", {})
+        key = far_key(args.far if args.far is not None else 0.01)
+        if at.get(key) is not None:
+            threshold = float(at[key])
+        elif args.far is not None:
+            raise RetrievalAppError(f"the calibration has no open-set threshold at false-alarm rate {key} (it has: {', '.join(k for k, v in at.items() if v is not None) or 'none'}); give --threshold")
+        else:
+            threshold = calibration.threshold
+    classes = [gallery.classes[label] for label in gallery.labels]
+    return identify(vectors, gallery.embeddings, classes, threshold, calibration.distance if calibration is not None else _distance(args))
+
+
+def _distance(args) -> str:
+    from ..training.checkpoint import checkpoint_distance
+    from ..verification import verification_distance
+
+    return verification_distance(checkpoint_distance(args.model))
 
 
 def print_table(query: str, neighbours, distance: str) -> None:

@@ -16,6 +16,7 @@ from ..choices import (
     DISTANCES,
     HEADS,
     MINING_STRATEGIES,
+    PRESETS,
     REDUCTIONS,
     TRAIN_MODES,
 )
@@ -26,6 +27,7 @@ from .common import add_device_argument, add_weights_argument
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="fine-tune an embedding network with a triplet loss", description="Train an embedding network on FOLDER (one sub-folder per class) with a triplet loss; the best model is kept in --out.")
     parser.add_argument("folder", help="image folder: one sub-folder per class")
+    parser.add_argument("--preset", default=None, choices=PRESETS, help="a named recipe that fills every setting you leave at its default; facenet: unit-norm 128-d linear head, squared Euclidean distance, margin 0.2, loss summed over semi-hard triplets")
     parser.add_argument("--out", default=None, help="checkpoint folder (default: models/<folder name>)")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=BACKBONES)
     parser.add_argument("--mode", default=DEFAULT_TRAIN_MODE, choices=TRAIN_MODES, help="quick: frozen backbone, head only (seconds on a CPU); full: end to end; auto: quick for pretrained backbones")
@@ -74,6 +76,7 @@ def _train(args: argparse.Namespace, distributed) -> int:
         reduction=args.reduction, epochs=args.epochs, time_budget=args.time_budget, patience=args.patience,
         batch_size=args.batch_size, samples_per_class=args.samples_per_class, lr=args.lr, seed=args.seed,
         device=distributed.device_preference(args.device), num_workers=args.workers, resume=args.resume, folds=args.folds, blend=args.blend,
+        preset=args.preset,
     ).validate()  # bad values fail before the folder is scanned
     if not distributed.is_main:  # rank 0 reports; the others train in silence
         Trainer(config, distributed=distributed).run()
@@ -90,6 +93,12 @@ def _train(args: argparse.Namespace, distributed) -> int:
     print(printable(result.summary))
     if result.dial is not None and result.dial.points:
         print(dial_table(result.dial))
+    if result.verification is not None:
+        print("verification: " + printable(result.verification.summary()) + f"; from {printable(result.verification.source)}")
+        if result.verification.open_set:
+            from ..identification import OpenSetReport
+
+            print(printable(OpenSetReport(**result.verification.open_set).summary()))
     print(f"model: {printable(result.model_path) if result.model_path else 'none saved (the backbone stays the better choice)'}")
     return 0
 

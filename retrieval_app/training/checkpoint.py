@@ -282,3 +282,26 @@ def checkpoint_dial(spec: str | Path):
     from .dial import Dial
 
     return Dial.from_dict(dial)
+
+
+def add_to_checkpoint(path: str | Path, **entries: Any) -> dict[str, Any]:
+    """Add (or replace) top-level entries of a saved checkpoint, e.g. its verification
+    calibration; written atomically."""
+    path = resolve_checkpoint_path(path)
+    payload = load_checkpoint(path)
+    payload.update(entries)
+    atomic_torch_save(payload, path)
+    return payload
+
+
+def checkpoint_verification(spec: str | Path):
+    """The verification calibration stored with a checkpoint
+    (`verification.Calibration`), or None (a bare backbone, or a model trained before)."""
+    if is_backbone_name(spec):
+        return None
+    data = load_checkpoint(resolve_checkpoint_path(spec)).get("verification")
+    if not isinstance(data, dict):
+        return None
+    from ..verification import Calibration
+
+    return Calibration.from_dict(data)

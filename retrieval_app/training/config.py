@@ -59,6 +59,15 @@ class TrainConfig:
     resume: bool = False
     folds: int = DEFAULT_FOLDS  # quick mode: class folds that choose the training length and blend
     blend: float | None = None  # quick mode: None = the recommended point of the dial; 0..1 = fixed
+    preset: str | None = None  # presets.py: fills the settings above that are left at their defaults
+
+    def __post_init__(self) -> None:
+        if self.preset is not None:
+            from .presets import preset_settings
+
+            defaults = {f.name: f.default for f in fields(self)}
+            for key, value in preset_settings(self.preset, defaults, {f.name: getattr(self, f.name) for f in fields(self)}).items():
+                setattr(self, key, value)
 
     def resolved_mode(self) -> str:
         if self.mode != "auto":

@@ -43,6 +43,8 @@ from ..metrics import retrieval_metrics
 from ..networks import create_model, freeze_backbone
 from ..networks.heads import get_head_spec, init_from_features
 from . import checkpoint as ckpt
+from ..verification import Calibration
+from .calibration import calibrate_full, calibrate_quick
 from .callbacks import Callback, RunView, StopRequest, as_callbacks
 from .config import FROM_SCRATCH_BACKBONES, TrainConfig
 from .dial import Dial
@@ -76,6 +78,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     dial: Dial | None = None  # quick mode: the specialise ↔ generalise trade-off measured
+    verification: Calibration | None = None  # the distance threshold for "same identity?" (calibration.py)
 
 
 class Trainer:
@@ -95,6 +98,7 @@ class Trainer:
         self.device = select_device(config.device)
         self.history: list[dict[str, Any]] = []
         self.backbone_before: dict[str, Any] = {}
+        self.verification: Calibration | None = None
 
     # ----------------------------------------------------------------- the run
     def run(self) -> TrainResult:
@@ -136,11 +140,14 @@ class Trainer:
         dial = outcome.dial
         before = _baseline_metrics(dial)
         after = ckpt.estimate_metrics(dial.chosen) if dial.chosen is not None else dict(before)
+        if self.dist.is_main:  # rank 0 alone measures and writes
+            self._note("calibrating verification on held-out pairs")
+            self.verification = calibrate_quick(protocol, dial.chosen if net is not None else None, net, cfg)
         model_path = None
         if net is not None and self.dist.is_main:
             model_path = ckpt.save_model(
                 self.out_dir / ckpt.MODEL_FILE, net, classes=scan.classes, train_config=cfg.to_dict(), metrics=after,
-                epoch=outcome.refit_steps, head_only=True, extra={"dial": dial.to_dict()},
+                epoch=outcome.refit_steps, head_only=True, extra={"dial": dial.to_dict(), **self._verification_entry()},
             )
         kept = "trained" if net is not None else "start"
         summary = _summarise_quick(dial, kept, head_kind, outcome.refit_steps)
@@ -158,6 +165,7 @@ class Trainer:
             out_dir=self.out_dir, model_path=model_path, before=before, after=after, backbone_before=backbone_before,
             kept=kept, best_epoch=int(best_epoch), epochs_run=int(epochs_run), stopped_because=stopped_because, summary=summary,
             history=list(self.history), skipped_files=[(s.path, s.reason) for s in scan.skipped], dial=dial,
+            verification=self.verification,
         )
         if not self.dist.is_main:  # rank 0 writes and reports
             return result
@@ -166,6 +174,7 @@ class Trainer:
             "before": before, "after": after, "backbone_before": backbone_before, "kept": kept, "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run, "stopped_because": stopped_because, "summary": summary, "config": self.config.to_dict(),
             "dial": dial.to_dict() if dial is not None else None,
+            "verification": self.verification.to_dict() if self.verification is not None else None,
         })
         for callback in self.callbacks:
             callback.on_run_end(self.out_dir)
@@ -235,6 +244,8 @@ class Trainer:
                 if verdict is not None:
                     stopped_because = verdict
                     break
+        if best["epoch"] > 0 and stopped_because != "cancelled" and self.dist.is_main:
+            self._calibrate_full(net, source)
         return self._finish(scan, _flat_metrics(before), best, epoch, stopped_because)
 
     def _end_epoch(self, net, source, optimizer, epoch: int, train_stats: dict, clock: ProgressClock, best: dict, classes: list[str]) -> tuple[str | None, dict]:
@@ -254,6 +265,22 @@ class Trainer:
         if patience is not None and epoch - best["epoch"] >= patience:
             return f"no better validation score for {patience} epochs (early stop)", best
         return None, best
+
+    def _calibrate_full(self, net, source) -> None:
+        """The kept epoch's network (reloaded from model.pt) on the held-out sets; the
+        calibration is added to model.pt."""
+        self._note("calibrating verification on held-out pairs")
+        path = self.out_dir / ckpt.MODEL_FILE
+        net.load_state_dict(ckpt.load_checkpoint(path, map_location=self.device)["state_dict"])
+        try:
+            self.verification = calibrate_full(net, source, self.config)
+        except TrainingCancelled:
+            return
+        if self.verification is not None:
+            ckpt.add_to_checkpoint(path, **self._verification_entry())
+
+    def _verification_entry(self) -> dict[str, Any]:
+        return {"verification": self.verification.to_dict()} if self.verification is not None else {}
 
     # -------------------------------------------------------------- set-up
     def _make_optimizer(self, net) -> torch.optim.Optimizer:

@@ -14,7 +14,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from ..errors import RetrievalAppError
-from ..choices import DEFAULT_DISTANCE, DEFAULT_MINING, DEFAULT_TRAIN_MODE, DISTANCES, MINING_STRATEGIES, TRAIN_MODES
+from ..choices import DEFAULT_DISTANCE, DEFAULT_MINING, DEFAULT_TRAIN_MODE, DISTANCES, MINING_STRATEGIES, PRESETS, TRAIN_MODES
 from ..networks import DEFAULT_BACKBONE, list_models
 from ..paths import models_dir, sample_data_dir
 from ..retrieval.projection import METHODS
@@ -22,6 +22,7 @@ from ..training import delete_checkpoint, list_checkpoints
 from . import diagnostics
 from . import dial as dial_view
 from . import inspect as inspect_view
+from . import verify as verify_view
 from .access import DataRoots, expire_uploads, extract_upload
 from .plot import PLOT_CSS, PLOT_JS, PLOT_TEMPLATE, file_url, highlight_json, highlight_payload, map_payload
 from .served import served_root
@@ -231,20 +232,31 @@ def hover_answer(sessions: SessionRegistry, data) -> dict:
     return {"url": file_url(state.thumb(index)) if state is not None else ""}
 
 
-def start_training(state: SessionState | None, backbone, mode, distance, margin, mining, epochs, budget, name, blend=RECOMMENDED):
+def start_training(state: SessionState | None, backbone, mode, distance, margin, mining, epochs, budget, name, blend=RECOMMENDED, preset=None):
     """Start a `TrainingJob` on the loaded folder and switch the progress timer on.
-    `blend`: "recommended" (the dial's recommended point), or 0…1 to keep that point."""
+    `blend`: "recommended" (the dial's recommended point), or 0…1 to keep that point;
+    `preset`: a recipe (`training/presets.py`) filling the settings left at their defaults."""
     if state is None or state.gallery is None:
         return state, "**Error:** load a folder first", gr.Timer(active=False)
     try:
         state.start_training(
             backbone=backbone, mode=mode, distance=distance, margin=float(margin), mining=mining,
             epochs=int(epochs) if epochs else None, time_budget=float(budget) if budget else None, name=name,
-            blend=_blend_choice(blend),
+            blend=_blend_choice(blend), preset=preset or None,
         )
     except Exception as exc:
         return state, _error(exc), gr.Timer(active=False)
     return state, "Training started…", gr.Timer(active=True)
+
+
+def preset_form(name: str | None):
+    """A recipe chosen: the form's distance, margin and mining show its values."""
+    from ..training.presets import get_preset
+
+    if not name:
+        return gr.skip(), gr.skip(), gr.skip()
+    settings = get_preset(name).settings
+    return settings.get("distance", gr.skip()), settings.get("margin", gr.skip()), settings.get("mining", gr.skip())
 
 
 def _blend_choice(blend) -> float | None:
@@ -597,6 +609,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
             suspicious_summary = gr.Markdown("", elem_id="suspicious-summary", latex_delimiters=[])
             suspicious_table = gr.Dataframe(headers=inspect_view.SUSPICIOUS_HEADERS, label="Most suspicious first", elem_id="suspicious-table", interactive=False, max_height=320)
             suspicious_pairs = gr.Gallery(label="Each image (left) beside its nearest image of the class it looks like (right)", columns=4, height=420, elem_id="suspicious-pairs", object_fit="contain", allow_preview=True)
+        verify_view.build_verify_panel(state)
         with gr.Accordion("4 · Fine-tune with a triplet loss", open=False):
             with gr.Row():
                 backbone = gr.Dropdown(label="Backbone", choices=list_models(), value=DEFAULT_BACKBONE)
@@ -608,6 +621,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
                 epochs = gr.Number(label="Epochs", value=None, precision=0, minimum=0, info="0 or empty: the default, or as many as the time budget allows")
                 budget = gr.Number(label="Time budget, s (optional)", value=None, info="0 or empty: no limit")
                 name = gr.Textbox(label="Model name (optional)", value="")
+                preset = gr.Dropdown(label="Recipe", choices=[("none", ""), *[(p, p) for p in PRESETS]], value="", elem_id="train-preset", info="facenet: unit-norm 128-d, squared Euclidean, margin 0.2, summed semi-hard triplets (fills what you leave at its default)")
                 blend = gr.Dropdown(label="Blend (quick mode)", choices=BLEND_CHOICES, value=RECOMMENDED, elem_id="train-blend", info="where on the dial to land: 0 = the backbone, 1 = the fine-tuned head")
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
@@ -654,7 +668,8 @@ def build_app(config: AppConfig) -> gr.Blocks:
         # Raw upload, decoded by the app (query_input.py); two decodes at a time at most.
         query.upload(query_image, [state, query, k], [state, gallery, result], preprocess=False, concurrency_limit=2, concurrency_id="query_image", api_name="query_image").then(redraw_highlight, state, plot, show_progress="hidden", **private)
         k.change(change_k, [state, k], [state, gallery, result], trigger_mode="always_last", api_name="set_k").then(redraw_highlight, state, plot, show_progress="hidden", **private)
-        start.click(start_training, [state, backbone, mode, distance, margin, mining, epochs, budget, name, blend], [state, train_status, timer], api_name="train")
+        start.click(start_training, [state, backbone, mode, distance, margin, mining, epochs, budget, name, blend, preset], [state, train_status, timer], api_name="train")
+        preset.change(preset_form, preset, [distance, margin, mining], **private)
         cancel.click(cancel_training, state, train_status, concurrency_limit=None, show_progress="hidden", api_name="cancel_training")
         dial_outputs = [dial_box, dial_plot, dial_blend, dial_words]
         panel_outputs = [mining_plot, gap_plot]
