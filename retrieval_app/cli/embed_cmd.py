@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.out, "npz")  # before embedding, not after
     _, gallery = build_gallery(args.folder, args)
     removed = f", {gallery.n_removed} removed files dropped from the cache" if gallery.n_removed else ""
-    print(f"{len(gallery)} images in {len(gallery.classes)} classes embedded ({gallery.embeddings.shape[1]} dims): "
+    what = f"in {len(gallery.classes)} classes" if gallery.labelled else "without labels"
+    print(f"{len(gallery)} images {what} embedded ({gallery.embeddings.shape[1]} dims): "
           f"{gallery.n_cached} from cache, {gallery.n_computed} computed{removed}")
     if args.out:
         (written,) = export_embeddings(gallery.records, gallery.embeddings, args.out, "npz", classes=gallery.classes)

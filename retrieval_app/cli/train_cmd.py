@@ -20,12 +20,12 @@ from ..choices import (
     TRAIN_MODES,
 )
 from ..paths import models_dir
-from .common import add_device_argument, add_weights_argument
+from .common import add_device_argument, add_layout_arguments, add_weights_argument, open_folder_of
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="fine-tune an embedding network with a triplet loss", description="Train an embedding network on FOLDER (one sub-folder per class) with a triplet loss; the best model is kept in --out.")
-    parser.add_argument("folder", help="image folder: one sub-folder per class")
+    parser.add_argument("folder", help="image folder: one sub-folder per class, or images without labels (see --unlabelled, --labels)")
     parser.add_argument("--out", default=None, help="checkpoint folder (default: models/<folder name>)")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=BACKBONES)
     parser.add_argument("--mode", default=DEFAULT_TRAIN_MODE, choices=TRAIN_MODES, help="quick: frozen backbone, head only (seconds on a CPU); full: end to end; auto: quick for pretrained backbones")
@@ -48,13 +48,14 @@ def register(subparsers) -> None:
     add_device_argument(parser)
     parser.add_argument("--workers", type=int, default=None, help="data-loading worker processes")
     parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    parser.add_argument("--views", type=int, default=4, help="without labels: augmented views per image whose backbone features quick mode trains on (default 4)")
+    add_layout_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..data import scan_folder
     from ..training import TrainConfig, Trainer
     from .progress import TrainingProgressPrinter
     from .report import printable, report_left_out
@@ -66,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
         reduction=args.reduction, epochs=args.epochs, time_budget=args.time_budget, patience=args.patience,
         batch_size=args.batch_size, samples_per_class=args.samples_per_class, lr=args.lr, seed=args.seed,
         device=args.device, num_workers=args.workers, resume=args.resume, folds=args.folds, blend=args.blend,
+        layout="unlabelled" if args.unlabelled else None, labels=args.labels, views=args.views,
     ).validate()  # bad values fail before the folder is scanned
     # The trainer scans the folder again; scanning here first lists what it will leave out.
-    report_left_out(scan_folder(args.folder))
+    report_left_out(open_folder_of(args.folder, args))
     cancel = threading.Event()
     with TrainingProgressPrinter() as printer:
         try:

@@ -59,6 +59,9 @@ class TrainConfig:
     resume: bool = False
     folds: int = DEFAULT_FOLDS  # quick mode: class folds that choose the training length and blend
     blend: float | None = None  # quick mode: None = the recommended point of the dial; 0..1 = fixed
+    layout: str | None = None  # how the folder is read: None = "auto" ("unlabelled" with `labels`); see data/scan.py
+    labels: str | None = None  # a labels CSV (id,label), see data/labels_csv.py
+    views: int = 4  # without labels: augmented views per image the head trains on (training/unlabelled.py)
 
     def resolved_mode(self) -> str:
         if self.mode != "auto":
@@ -131,6 +134,10 @@ class TrainConfig:
             problems.append("blend must be between 0 (the backbone) and 1 (the trained head)")
         if self.blend is not None and self.resolved_head() == "mlp" and self.blend != 1.0:
             problems.append("only linear heads (identity, linear) can be blended toward their start")
+        if self.layout is not None and self.layout not in ("auto", "classes", "unlabelled"):
+            problems.append("layout must be auto, classes or unlabelled")
+        if self.views < 3:
+            problems.append("views must be at least 3 (two augmented views to train on, one kept out for validation)")
         if self.folds < 0:
             problems.append("folds must not be negative")
         if self.reduction not in REDUCTIONS:
