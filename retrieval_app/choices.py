@@ -34,3 +34,6 @@ DEFAULT_TRAIN_MODE = "auto"
 PROJECTION_METHODS = ("umap", "pca", "tsne")
 EXPORT_FORMATS = ("npz", "csv", "parquet", "projector")
 SEARCH_BACKENDS = ("auto", "exact", "faiss")
+
+# data/scan.py: how a folder is read (auto: class folders, or no labels for a flat folder)
+FOLDER_LAYOUTS = ("auto", "classes", "unlabelled")

@@ -26,13 +26,14 @@ from typing import Iterator
 
 import numpy as np
 
+from ..choices import FOLDER_LAYOUTS
 from ..errors import DatasetError, ImageDecodeError
 from .decode import LARGE_PIXELS, check_image_file
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm"})
 LAYOUT_HINT = "needs at least two class sub-folders with images, e.g. root/cats/*.jpg, root/dogs/*.jpg"
 LOOSE_REASON = "not inside a class folder"
-LAYOUTS = ("auto", "classes", "unlabelled")
+LAYOUTS = FOLDER_LAYOUTS
 UNLABELLED = -1  # `ImageRecord.label` of an image without a label
 UNLABELLED_HINT = "to use its images without labels, open it with --unlabelled (the app: 'no labels')"
 HIDDEN_FILE_REASON = "hidden file"

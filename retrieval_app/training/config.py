@@ -15,6 +15,7 @@ from ..choices import (
     DEFAULT_MINING,
     DEFAULT_REDUCTION,
     DEFAULT_TRAIN_MODE,
+    FOLDER_LAYOUTS,
     HEADS,
     MINING_STRATEGIES,
     REDUCTIONS,
@@ -134,8 +135,8 @@ class TrainConfig:
             problems.append("blend must be between 0 (the backbone) and 1 (the trained head)")
         if self.blend is not None and self.resolved_head() == "mlp" and self.blend != 1.0:
             problems.append("only linear heads (identity, linear) can be blended toward their start")
-        if self.layout is not None and self.layout not in ("auto", "classes", "unlabelled"):
-            problems.append("layout must be auto, classes or unlabelled")
+        if self.layout is not None and self.layout not in FOLDER_LAYOUTS:
+            problems.append(f"layout must be one of {', '.join(FOLDER_LAYOUTS)}")
         if self.views < 3:
             problems.append("views must be at least 3 (two augmented views to train on, one kept out for validation)")
         if self.folds < 0:
