@@ -227,3 +227,21 @@ def test_with_some_labels_the_guard_also_judges_on_them(tmp_path):
     # The labels are unrelated to the identity the views teach, so a kept point must
     # still have gained on them (the guard's rule), whatever the views' proxy says.
     assert net is None or dial.chosen.seen > dial.baseline_seen
+
+
+# ------------------------------------------------------------------ the app's labels field
+def test_the_apps_labels_field_checks_the_csv_against_the_data_roots(tmp_path):
+    from retrieval_app.ui.access import DataRoots
+    from retrieval_app.ui.app import AppConfig
+    from retrieval_app.ui.unlabelled import load_with_labels
+
+    root = flat_folder(tmp_path / "data" / "flat", n_classes=2, per_class=2)
+    outside = tmp_path / "elsewhere" / "labels.csv"
+    outside.parent.mkdir()
+    outside.write_text("id,label\n")
+    config = AppConfig(data_roots=DataRoots.of([tmp_path / "data"], restricted=True))
+    progress = lambda *a, **k: None  # noqa: E731
+    state, message, _ = next(load_with_labels(config, None, str(root), str(outside), "efficientnet_lite0", "pca", progress))
+    assert "Error:" in message and "outside the data roots" in message and state.gallery is None
+    _, message, _ = next(load_with_labels(config, state, str(root), "  ", "efficientnet_lite0", "pca", progress))
+    assert "Error:" in message and "labels CSV" in message
