@@ -102,6 +102,12 @@ class ViewProtocol(QuickProtocol):
         self.images = list(images)
         self.uses_labels = bool(_labelled_seen(self.images))
 
+    def _phase(self, text: str) -> None:
+        # The base class counts rows and classes; here rows are views and classes images.
+        if text.startswith("fold "):
+            text = text.replace(" images", " views").replace(" held-out classes", " held-out images")
+        super()._phase(text)
+
     def _folds(self) -> list[Split]:
         return image_folds(self.images, self.config.views, self.config.folds, val_fraction=self.config.resolved_val_fraction(), seed=self.config.seed)
 
