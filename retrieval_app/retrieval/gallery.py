@@ -22,8 +22,9 @@ from .search import NearestNeighbourIndex, build_index, normalise_rows, search_d
 @dataclass(frozen=True)
 class Neighbour:
     """One search hit: gallery position `index`, the image's `id` and `path`, its class
-    name `label`, its `distance` to the query, and `same_class` (vs the query's class
-    when the query is a gallery image or its class is given, else None)."""
+    name `label` ("" without a label), its `distance` to the query, and `same_class`
+    (vs the query's class when the query is a gallery image or its class is given, and
+    both have a label; else None)."""
 
     index: int
     id: str
