@@ -41,3 +41,5 @@ SEARCH_BACKENDS = ("auto", "exact", "faiss")
 
 # training/presets.py: a preset fills the TrainConfig fields it names (recipes from papers).
 PRESETS = ("facenet",)
+# data/scan.py: how a folder is read (auto: class folders, or no labels for a flat folder)
+FOLDER_LAYOUTS = ("auto", "classes", "unlabelled")

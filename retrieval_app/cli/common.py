@@ -23,12 +23,27 @@ def add_weights_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None, metavar="FILE", help=WEIGHTS_HELP)
 
 
+def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the folder is read: class folders (default; a flat folder of images opens
+    without labels by itself), every image without labels, or labels from a CSV."""
+    parser.add_argument("--unlabelled", action="store_true", help="use every image below the folder without labels, whatever its sub-folders (a flat folder of images is read this way anyway)")
+    parser.add_argument("--labels", default=None, metavar="FILE.csv", help="labels from a CSV of id,label rows (id = the image's path relative to the folder); images it does not name have no label")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of every command that embeds images with an existing model."""
     parser.add_argument("--model", default=DEFAULT_BACKBONE, help=f"{MODEL_HELP} (default: {DEFAULT_BACKBONE})")
     add_weights_argument(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     add_device_argument(parser)
+    add_layout_arguments(parser)
+
+
+def open_folder_of(folder: str, args: argparse.Namespace):
+    """The folder scanned as the layout flags say (`add_layout_arguments`)."""
+    from ..data.labels_csv import open_folder
+
+    return open_folder(folder, layout="unlabelled" if getattr(args, "unlabelled", False) else None, labels=getattr(args, "labels", None))
 
 
 def load_network(args: argparse.Namespace, device):
@@ -55,14 +70,13 @@ def build_gallery(folder: str, args: argparse.Namespace, *, quiet: bool = False)
     left out; returns (scan, gallery)."""
     from tqdm import tqdm
 
-    from ..data import scan_folder
     from ..device import select_device
     from ..retrieval import Gallery
     from ..training.checkpoint import checkpoint_distance
     from .report import report_left_out
 
     device = select_device(args.device)  # a bad --device fails before any work
-    scan = scan_folder(folder)
+    scan = open_folder_of(folder, args)
     net = load_network(args, device)
     # disable=None: no bar when stderr is not a terminal (a log would fill with \r updates).
     with tqdm(total=len(scan.records), unit="img", desc="embedding", disable=True if quiet else None, leave=False) as bar:

@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     removed = f", {counts.n_removed} removed files dropped from the cache" if counts.n_removed else ""
     n_cached, n_computed = counts.n_cached, counts.n_computed
     by = "" if shards is None else f" by {distributed.world_size} processes"
-    print(f"{len(gallery)} images in {len(gallery.classes)} classes embedded{by} ({gallery.embeddings.shape[1]} dims): "
+    what = f"in {len(gallery.classes)} classes" if gallery.labelled else "without labels"
+    print(f"{len(gallery)} images {what} embedded{by} ({gallery.embeddings.shape[1]} dims): "
           f"{n_cached} from cache, {n_computed} computed{removed}")
     if args.out:
         (written,) = export_embeddings(gallery.records, gallery.embeddings, args.out, "npz", classes=gallery.classes)

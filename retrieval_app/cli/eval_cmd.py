@@ -26,7 +26,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, sort_keys=True))
         return 0
-    print(f"{report['n_images']} images, {report['n_classes']} classes, model {args.model}")
+    if not report["labelled"]:  # nothing to measure: said, not an error
+        print(f"{report['n_images']} images, model {args.model}: {report['note']}")
+        return 0
+    partly = f" ({report['n_labelled']} labelled)" if report["n_labelled"] < report["n_images"] else ""
+    print(f"{report['n_images']} images{partly}, {report['n_classes']} classes, model {args.model}")
     for key in METRIC_KEYS:
         print(f"  {key:<15} {report[key]:.4f}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from ..choices import PROJECTION_METHODS
 from .common import add_model_arguments, build_gallery
@@ -13,7 +14,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "map", help="a standalone interactive HTML map of the embedding space",
         description="Lay out FOLDER's embeddings in 2-D (UMAP, PCA or t-SNE) and write an interactive HTML map: "
-        "one colour per class, hover shows each image's id, class and path; opens offline.",
+        "one colour per class (per k-means cluster for a folder without labels), hover shows each image's id, class and path; opens offline.",
     )
     parser.add_argument("folder")
     add_model_arguments(parser)
@@ -33,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
     if projection.note:
         print(projection.note)
     title = f"{gallery.root.name}: {projection.method.upper()} map of {len(gallery)} images, model {args.model}"
-    out = export_map_html(gallery.records, projection.coords, gallery.classes, args.out, title=title)
+    groups, names, kind = gallery.colour_groups()
+    if kind == "cluster":
+        print(f"no labels: coloured by {len(names)} k-means clusters of the embeddings")
+    records = [replace(r, label=int(g), class_name=names[g]) for r, g in zip(gallery.records, groups)]
+    out = export_map_html(records, projection.coords, names, args.out, title=title)
     print(f"wrote {printable(out)}")
     return 0

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
         "distance the model was trained with.",
     )
     parser.add_argument("queries", nargs="+", metavar="QUERY_IMAGE")
-    parser.add_argument("--gallery", required=True, metavar="FOLDER", help="a folder of class sub-folders")
+    parser.add_argument("--gallery", required=True, metavar="FOLDER", help="a folder of class sub-folders, or of images without labels")
     add_model_arguments(parser)
     parser.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
     parser.add_argument("--backend", default="auto", choices=SEARCH_BACKENDS, help="exact search, FAISS, or auto (FAISS for large galleries)")

@@ -21,12 +21,12 @@ from ..choices import (
     TRAIN_MODES,
 )
 from ..paths import models_dir
-from .common import add_device_argument, add_weights_argument
+from .common import add_device_argument, add_layout_arguments, add_weights_argument, open_folder_of
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="fine-tune an embedding network with a triplet loss", description="Train an embedding network on FOLDER (one sub-folder per class) with a triplet loss; the best model is kept in --out.")
-    parser.add_argument("folder", help="image folder: one sub-folder per class")
+    parser.add_argument("folder", help="image folder: one sub-folder per class, or images without labels (see --unlabelled, --labels)")
     parser.add_argument("--preset", default=None, choices=PRESETS, help="a named recipe that fills every setting you leave at its default; facenet: unit-norm 128-d linear head, squared Euclidean distance, margin 0.2, loss summed over semi-hard triplets")
     parser.add_argument("--out", default=None, help="checkpoint folder (default: models/<folder name>)")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=BACKBONES)
@@ -50,6 +50,8 @@ def register(subparsers) -> None:
     add_device_argument(parser)
     parser.add_argument("--workers", type=int, default=None, help="data-loading worker processes")
     parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    parser.add_argument("--views", type=int, default=4, help="without labels: augmented views per image whose backbone features quick mode trains on (default 4)")
+    add_layout_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -64,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, distributed) -> int:
     from pathlib import Path
 
-    from ..data import scan_folder
     from ..training import TrainConfig, Trainer
     from .progress import TrainingProgressPrinter
     from .report import printable, report_left_out
@@ -77,12 +78,13 @@ def _train(args: argparse.Namespace, distributed) -> int:
         batch_size=args.batch_size, samples_per_class=args.samples_per_class, lr=args.lr, seed=args.seed,
         device=distributed.device_preference(args.device), num_workers=args.workers, resume=args.resume, folds=args.folds, blend=args.blend,
         preset=args.preset,
+        layout="unlabelled" if args.unlabelled else None, labels=args.labels, views=args.views,
     ).validate()  # bad values fail before the folder is scanned
     if not distributed.is_main:  # rank 0 reports; the others train in silence
         Trainer(config, distributed=distributed).run()
         return 0
     # The trainer scans the folder again; scanning here first lists what it will leave out.
-    report_left_out(scan_folder(args.folder))
+    report_left_out(open_folder_of(args.folder, args))
     cancel = threading.Event()
     with TrainingProgressPrinter() as printer:
         try:

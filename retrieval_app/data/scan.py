@@ -26,12 +26,16 @@ from typing import Iterator
 
 import numpy as np
 
+from ..choices import FOLDER_LAYOUTS
 from ..errors import DatasetError, ImageDecodeError
 from .decode import LARGE_PIXELS, check_image_file
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm"})
 LAYOUT_HINT = "needs at least two class sub-folders with images, e.g. root/cats/*.jpg, root/dogs/*.jpg"
 LOOSE_REASON = "not inside a class folder"
+LAYOUTS = FOLDER_LAYOUTS
+UNLABELLED = -1  # `ImageRecord.label` of an image without a label
+UNLABELLED_HINT = "to use its images without labels, open it with --unlabelled (the app: 'no labels')"
 HIDDEN_FILE_REASON = "hidden file"
 HIDDEN_FOLDER_REASON = "hidden folder, not scanned"
 SUMMARY_MAX_LINES = 5  # skipped files and warnings listed in `summary()`; the rest counted
@@ -41,7 +45,8 @@ SUMMARY_MAX_CLASSES = 12  # more classes: only the per-class count range
 @dataclass(frozen=True)
 class ImageRecord:
     """One usable image: `id` is its POSIX path relative to the scanned root, `path` the
-    absolute path (`root / id`), `label` the index of `class_name` in the scan's classes."""
+    absolute path (`root / id`), `label` the index of `class_name` in the scan's classes
+    (`UNLABELLED`, -1, with `class_name` "", for an image without a label)."""
 
     id: str
     path: Path
@@ -70,20 +75,35 @@ class ScanResult:
     skipped: list[SkippedFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def labelled(self) -> bool:
+        """True when at least one image has a label (a class folder, or a labels CSV)."""
+        return bool(self.classes)
+
+    @property
+    def n_unlabelled(self) -> int:
+        return sum(1 for r in self.records if r.label == UNLABELLED)
+
     def labels(self) -> np.ndarray:
         """The records' labels as an int64 array, in record order."""
         return np.asarray([r.label for r in self.records], dtype=np.int64)
 
     def class_counts(self) -> dict[str, int]:
         """Images per class, in class order."""
-        counts = Counter(r.class_name for r in self.records)
+        counts = Counter(r.class_name for r in self.records if r.label != UNLABELLED)
         return {name: counts[name] for name in self.classes}
 
     def summary(self) -> str:
         """A few lines for the CLI and the UI."""
         counts = self.class_counts()
-        lines = [f"{len(self.records)} images in {len(self.classes)} classes in {self.root}"]
-        if len(counts) <= SUMMARY_MAX_CLASSES:
+        if not self.labelled:
+            lines = [f"{len(self.records)} images without labels in {self.root}"]
+        else:
+            unlabelled = f" ({self.n_unlabelled} without a label)" if self.n_unlabelled else ""
+            lines = [f"{len(self.records)} images in {len(self.classes)} classes{unlabelled} in {self.root}"]
+        if not counts:
+            pass
+        elif len(counts) <= SUMMARY_MAX_CLASSES:
             lines.append("  " + ", ".join(f"{name} {n}" for name, n in counts.items()))
         else:
             smallest, largest = min(counts, key=counts.get), max(counts, key=counts.get)
@@ -102,15 +122,21 @@ def _capped(lines: list[str], what: str) -> list[str]:
     return lines[:SUMMARY_MAX_LINES] + [f"  ... and {len(lines) - SUMMARY_MAX_LINES} more {what}"]
 
 
-def scan_folder(root: str | os.PathLike, *, check_images: bool = True) -> ScanResult:
-    """Scan `root`, whose first-level sub-folders are the classes.
+def scan_folder(root: str | os.PathLike, *, check_images: bool = True, layout: str = "auto") -> ScanResult:
+    """Scan `root`: by default its first-level sub-folders are the classes (see the
+    module's note for `layout`: "auto", "classes" or "unlabelled").
 
     With `check_images`, every file is checked cheaply with PIL (`check_image_file`) and
     one that cannot be read is skipped with its reason. Raises `DatasetError` when `root`
-    is missing or not a folder, holds no images, or fewer than two usable classes."""
+    is missing or not a folder, holds no images, or (class layout) fewer than two usable
+    classes."""
+    if layout not in LAYOUTS:
+        raise DatasetError(f"unknown folder layout '{layout}' (choose from {', '.join(LAYOUTS)})")
     root = _checked_root(root)
     walker = _Walker(root)
     class_folders, loose_images = walker.top_level()
+    if layout == "unlabelled" or (layout == "auto" and loose_images and not _any_images(walker, class_folders)):
+        return _scan_unlabelled(root, _Walker(root), check_images)
     found = {name: sorted(walker.images_below(folder)) for name, folder in class_folders}
     skipped = [SkippedFile(name, LOOSE_REASON) for name in loose_images] + walker.skipped
     usable, warnings = {}, []
@@ -130,6 +156,28 @@ def scan_folder(root: str | os.PathLike, *, check_images: bool = True) -> ScanRe
     warnings += [f"class '{name}' has only one image: it cannot be an anchor for training" for name in classes if len(usable[name]) == 1]
     skipped.sort(key=lambda s: s.path)
     return ScanResult(root, classes, records, skipped, warnings)
+
+
+def _any_images(walker: "_Walker", folders: list[tuple[str, Path]]) -> bool:
+    """Whether any sub-folder holds an image file (stops at the first one found)."""
+    probe = _Walker(walker.root)
+    return any(next(probe.images_below(folder), None) is not None for _, folder in folders)
+
+
+def _scan_unlabelled(root: Path, walker: "_Walker", check_images: bool) -> ScanResult:
+    """Every image below `root`, without labels: the root itself is walked like a class."""
+    walker.visited.discard(_identity(root))  # the walker marks the root as walked already
+    paths = sorted(walker.images_below(root))
+    skipped, warnings = list(walker.skipped), []
+    good = _usable(paths, root, skipped, warnings, check_images)
+    if not good:
+        if paths:
+            example = next(s for s in skipped if s.reason not in (HIDDEN_FILE_REASON, HIDDEN_FOLDER_REASON))
+            raise DatasetError(f"none of the {len(paths)} images in {root} could be read (e.g. {example.path}: {example.reason})")
+        raise DatasetError(f"no images found in {root} (or in its sub-folders)")
+    records = sorted((ImageRecord(_relative(path, root), path, UNLABELLED, "", st.st_size, st.st_mtime_ns) for path, st in good), key=lambda r: r.id)
+    skipped.sort(key=lambda s: s.path)
+    return ScanResult(root, [], records, skipped, warnings)
 
 
 def _checked_root(root: str | os.PathLike) -> Path:
@@ -164,14 +212,14 @@ def _require_two_classes(root: Path, usable: dict, found: dict, loose_images: li
             example = next(s for s in skipped if s.reason not in (LOOSE_REASON, HIDDEN_FILE_REASON, HIDDEN_FOLDER_REASON))
             raise DatasetError(f"none of the {n_found} images in {root} could be read (e.g. {example.path}: {example.reason})")
         if loose_images:
-            raise DatasetError(f"found {len(loose_images)} images directly in {root} but no class sub-folders; the data set {LAYOUT_HINT}")
+            raise DatasetError(f"found {len(loose_images)} images directly in {root} but no class sub-folders; the data set {LAYOUT_HINT}, or {UNLABELLED_HINT}")
         raise DatasetError(f"no images found in {root}; the data set {LAYOUT_HINT}")
     if len(usable) < 2:
         (only,) = usable
         hint = ""
         if any(Path(p).parent != root / only for p, _ in usable[only]):
             hint = f" (if '{only}' holds the class folders, open {root / only} instead)"
-        raise DatasetError(f"found only one class ('{only}') in {root}; the data set {LAYOUT_HINT}{hint}")
+        raise DatasetError(f"found only one class ('{only}') in {root}; the data set {LAYOUT_HINT}{hint}; {UNLABELLED_HINT}")
 
 
 class _Walker:

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.scan import ImageRecord, ScanResult
+from ..data.scan import UNLABELLED, ImageRecord, ScanResult
 from ..errors import RetrievalAppError
 from .cache import cached_embeddings
 from .embed import ProgressFn, embed_images, embeddings_from_features
@@ -22,8 +22,9 @@ from .search import NearestNeighbourIndex, build_index, normalise_rows, search_d
 @dataclass(frozen=True)
 class Neighbour:
     """One search hit: gallery position `index`, the image's `id` and `path`, its class
-    name `label`, its `distance` to the query, and `same_class` (vs the query's class
-    when the query is a gallery image or its class is given, else None)."""
+    name `label` ("" without a label), its `distance` to the query, and `same_class`
+    (vs the query's class when the query is a gallery image or its class is given, and
+    both have a label; else None)."""
 
     index: int
     id: str
@@ -53,6 +54,7 @@ class Gallery:
     n_removed: int = 0
     device: object = None
     _position: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _groups: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._position = {record.id: i for i, record in enumerate(self.records)}
@@ -109,6 +111,20 @@ class Gallery:
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def labelled(self) -> bool:
+        """Whether any image has a label (class folders or a labels CSV)."""
+        return bool(self.classes) and bool((self.labels != UNLABELLED).any())
+
+    def colour_groups(self) -> tuple[np.ndarray, list[str], str]:
+        """(group per image, group names, "class" or "cluster"): what maps colour by.
+        Clusters (for a folder without labels) are computed once per gallery."""
+        if self._groups is None:
+            from .clusters import colour_groups
+
+            self._groups = colour_groups(self.labels, self.classes, self.embeddings)
+        return self._groups
+
     # ------------------------------------------------------------------ lookups
     def index_of_id(self, image_id: str) -> int:
         """Gallery position of the image with this id (its path relative to the root)."""
@@ -155,10 +171,12 @@ class Gallery:
         its class has no other image, or there is no other class). The gap between the
         two distances is what a triplet loss with `i` as the anchor works on."""
         i = self.check_index(i)
+        if self.labels[i] == UNLABELLED:  # no class: no positive or negative to speak of
+            return None, None
         distances = self.distances_from(i)
         same = self.labels == self.labels[i]
         same[i] = False
-        other = self.labels != self.labels[i]
+        other = (self.labels != self.labels[i]) & (self.labels != UNLABELLED)
         label = int(self.labels[i])
         positive = self._neighbours(np.flatnonzero(same)[[int(np.argmax(distances[same]))]], distances[same].max(keepdims=True), label) if same.any() else []
         negative = self._neighbours(np.flatnonzero(other)[[int(np.argmin(distances[other]))]], distances[other].min(keepdims=True), label) if other.any() else []
@@ -178,6 +196,7 @@ class Gallery:
         out = []
         for j, d in zip(indices.tolist(), distances.tolist()):
             record = self.records[j]
-            same = None if query_label is None else record.label == query_label
+            unknown = query_label is None or query_label == UNLABELLED or record.label == UNLABELLED
+            same = None if unknown else record.label == query_label
             out.append(Neighbour(j, record.id, record.path, record.class_name, float(d), same))
         return out

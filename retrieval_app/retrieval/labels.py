@@ -51,7 +51,10 @@ class SuspiciousLabel:
 
 def suspicious_labels(gallery: Gallery, *, k: int = DEFAULT_K, min_share: float = DEFAULT_MIN_SHARE) -> list[SuspiciousLabel]:
     """The gallery's images whose k nearest neighbours are at least `min_share` of one
-    other class, ranked (see the module docstring)."""
+    other class, ranked (see the module docstring). Needs every image labelled: a
+    folder without labels (or only partly labelled by a CSV) has none to suspect."""
+    if not gallery.labelled or (gallery.labels < 0).any():
+        return []
     n = len(gallery)
     k = max(1, min(int(k), n - 1))
     own = np.arange(n)

@@ -15,6 +15,7 @@ from ..choices import (
     DEFAULT_MINING,
     DEFAULT_REDUCTION,
     DEFAULT_TRAIN_MODE,
+    FOLDER_LAYOUTS,
     HEADS,
     MINING_STRATEGIES,
     REDUCTIONS,
@@ -59,6 +60,9 @@ class TrainConfig:
     resume: bool = False
     folds: int = DEFAULT_FOLDS  # quick mode: class folds that choose the training length and blend
     blend: float | None = None  # quick mode: None = the recommended point of the dial; 0..1 = fixed
+    layout: str | None = None  # how the folder is read: None = "auto" ("unlabelled" with `labels`); see data/scan.py
+    labels: str | None = None  # a labels CSV (id,label), see data/labels_csv.py
+    views: int = 4  # without labels: augmented views per image the head trains on (training/unlabelled.py)
     preset: str | None = None  # presets.py: fills the settings above that are left at their defaults
 
     def __post_init__(self) -> None:
@@ -140,6 +144,10 @@ class TrainConfig:
             problems.append("blend must be between 0 (the backbone) and 1 (the trained head)")
         if self.blend is not None and self.resolved_head() == "mlp" and self.blend != 1.0:
             problems.append("only linear heads (identity, linear) can be blended toward their start")
+        if self.layout is not None and self.layout not in FOLDER_LAYOUTS:
+            problems.append(f"layout must be one of {', '.join(FOLDER_LAYOUTS)}")
+        if self.views < 3:
+            problems.append("views must be at least 3 (two augmented views to train on, one kept out for validation)")
         if self.folds < 0:
             problems.append("folds must not be negative")
         if self.reduction not in REDUCTIONS:

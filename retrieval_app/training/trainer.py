@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_json
-from ..data import scan_folder, split_records
+from ..data import split_records
+from ..data.labels_csv import open_folder
 from ..device import select_device
 from ..distributed import Distributed
 from ..errors import RetrievalAppError, TrainingCancelled
@@ -54,6 +55,8 @@ from .mining_monitor import MiningMonitor
 from .progress import PassProgress, ProgressClock
 from .quick import FeatureTable, QuickProtocol, head_net_factory
 from .sources import FullSource, extract_features
+from .unlabelled import MIN_IMAGES as MIN_VIEW_IMAGES, ViewProtocol, describe_sets, view_table
+from .views import augmented_view_features
 from .stall import StallWatch
 
 # Metrics that can rank neighbours; other training distances are validated with Euclidean.
@@ -105,10 +108,14 @@ class Trainer:
         cfg = self.config
         _seed_everything(cfg.seed)
         self._phase("scanning folder")
-        scan = scan_folder(cfg.folder)
-        if sum(1 for n in scan.class_counts().values() if n >= 2) < 2:
+        scan = open_folder(cfg.folder, layout=cfg.layout, labels=cfg.labels)
+        if scan.n_unlabelled:  # some or all images without a label: two views of an image are the positives
+            if cfg.resolved_mode() != "quick":
+                raise RetrievalAppError("training without labels runs in quick mode (a pretrained backbone's features of augmented views); use --mode quick")
+            result = self._run_quick(scan)
+        elif sum(1 for n in scan.class_counts().values() if n >= 2) < 2:
             raise RetrievalAppError("training needs at least two classes with two or more images each")
-        if cfg.resolved_mode() == "quick":
+        elif cfg.resolved_mode() == "quick":
             result = self._run_quick(scan)
         else:
             result = self._run_full(scan)
@@ -125,12 +132,14 @@ class Trainer:
         freeze_backbone(base, True)
         records, features = extract_features(base, scan.records, device=self.device, cancel=self.cancel, num_workers=cfg.num_workers, on_phase=self._phase,
                                              progress=self._pass_progress("backbone features"), distributed=self.dist)
-        table = FeatureTable(records, features.to(self.device), torch.as_tensor([r.label for r in records], dtype=torch.long, device=self.device))
         head_kind = cfg.resolved_head()
-        make_net = head_net_factory(base, cfg, table.features, self.device)
-
-        protocol = QuickProtocol(cfg, make_net, table, lr=cfg.resolved_lr(), metric_distance=self._metric_distance(), cancel=self.cancel, emit=self._emit, stop=self.stop,
-                                 distributed=self.dist)
+        make_net = head_net_factory(base, cfg, features.to(self.device), self.device)
+        common = dict(lr=cfg.resolved_lr(), metric_distance=self._metric_distance(), cancel=self.cancel, emit=self._emit, stop=self.stop)
+        if scan.n_unlabelled:
+            protocol = self._view_protocol(base, records, features, make_net, common)
+        else:
+            table = FeatureTable(records, features.to(self.device), torch.as_tensor([r.label for r in records], dtype=torch.long, device=self.device))
+            protocol = QuickProtocol(cfg, make_net, table, distributed=self.dist, **common)
         self._start_callbacks(RunView("quick", records, scan.classes, self.out_dir, protocol.embed_rows, self._emit, self.stop))
         try:
             outcome, net = protocol.run()
@@ -140,7 +149,7 @@ class Trainer:
         dial = outcome.dial
         before = _baseline_metrics(dial)
         after = ckpt.estimate_metrics(dial.chosen) if dial.chosen is not None else dict(before)
-        if self.dist.is_main:  # rank 0 alone measures and writes
+        if self.dist.is_main and not scan.n_unlabelled:  # rank 0 alone measures; "same identity?" needs labels
             self._note("calibrating verification on held-out pairs")
             self.verification = calibrate_quick(protocol, dial.chosen if net is not None else None, net, cfg)
         model_path = None
@@ -150,9 +159,24 @@ class Trainer:
                 epoch=outcome.refit_steps, head_only=True, extra={"dial": dial.to_dict(), **self._verification_entry()},
             )
         kept = "trained" if net is not None else "start"
-        summary = _summarise_quick(dial, kept, head_kind, outcome.refit_steps)
+        if isinstance(protocol, ViewProtocol):
+            summary = _summarise_views(dial, kept, head_kind, outcome.refit_steps, protocol.uses_labels)
+        else:
+            summary = _summarise_quick(dial, kept, head_kind, outcome.refit_steps)
         return self._result(scan, before=before, after=after, backbone_before=before, kept=kept, best_epoch=outcome.refit_steps,
                             epochs_run=outcome.refit_steps, stopped_because=outcome.stopped_because, summary=summary, model_path=model_path, dial=dial)
+
+    def _view_protocol(self, base, records, features, make_net, common) -> ViewProtocol:
+        """Without labels: backbone features of augmented views, then the view protocol."""
+        cfg = self.config
+        if len(records) < MIN_VIEW_IMAGES:
+            raise RetrievalAppError(f"training without labels needs at least {MIN_VIEW_IMAGES} readable images (found {len(records)})")
+        self._phase(f"no labels: backbone features of {cfg.views} augmented views of each of {len(records)} images (two views of one image are a positive pair)")
+        views, ok = augmented_view_features(base, records, cfg.views, device=self.device, seed=cfg.seed, cancel=self.cancel, progress=self._pass_progress("augmented views"))
+        keep = ok.nonzero().flatten().tolist()
+        images = [records[i] for i in keep]
+        table = view_table(images, features[keep].to(self.device), views[keep])
+        return ViewProtocol(cfg, make_net, table, images=images, **common)
 
     def _cancelled(self, scan, history: list[dict]) -> TrainResult:
         self.history = list(history)
@@ -554,6 +578,23 @@ def _summarise_quick(dial: Dial, kept: str, head: str, steps: int) -> str:
     if dial.note:
         text += f" Note: {dial.note}."
     return text
+
+
+def _summarise_views(dial: Dial, kept: str, head: str, steps: int, uses_labels: bool) -> str:
+    """`_summarise_quick` in the words of training without labels."""
+    seen, unseen = describe_sets(uses_labels)
+    folds = f"{dial.n_folds} folds of images" if dial.n_folds else "held-out images"
+    if not dial.points:
+        return f"Trained the {head} head for {steps} steps without labels and without validation."
+    if kept != "trained" or dial.chosen is None:
+        return (f"Kept the backbone: no fine-tuned point improved {seen} without making {unseen} worse "
+                f"(MAP@R estimated over {folds}; no labels were used for training).")
+    best = dial.chosen
+    text = (f"Kept the fine-tuned {head} head ({steps} steps on every image's views, no labels, blend {best.blend:.2f}). "
+            f"Estimated over {folds}: {seen}, MAP@R {_change(dial.baseline_seen, best.seen)}")
+    if best.unseen is not None:
+        text += f"; {unseen}, {_change(dial.baseline_unseen, best.unseen)}"
+    return text + "."
 
 
 def _seed_everything(seed: int) -> None:

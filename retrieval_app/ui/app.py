@@ -23,6 +23,7 @@ from . import diagnostics
 from . import dial as dial_view
 from . import inspect as inspect_view
 from . import verify as verify_view
+from . import unlabelled as unlabelled_view
 from .access import DataRoots, expire_uploads, extract_upload
 from .plot import PLOT_CSS, PLOT_JS, PLOT_TEMPLATE, file_url, highlight_json, highlight_payload, map_payload
 from .served import served_root
@@ -70,7 +71,8 @@ def _neighbour_items(state: SessionState, neighbours) -> list[tuple[str, str]]:
     thumbs = state.thumbnails([n.index for n in neighbours])  # made now: only what is shown
     for rank, (n, thumb) in enumerate(zip(neighbours, thumbs), 1):
         mark = "✓ " if n.same_class else ("✗ " if n.same_class is False else "")
-        items.append((str(thumb), f"{rank}. {mark}{n.label} · {n.distance:.3f} · {n.id}"))
+        label = f"{n.label} · " if n.label else ""  # an image without a label has none to show
+        items.append((str(thumb), f"{rank}. {mark}{label}{n.distance:.3f} · {n.id}"))
     return items
 
 
@@ -80,7 +82,8 @@ def _map_value(state: SessionState) -> str:
         return ""
     g, p = state.gallery, state.projection
     title = f"{METHOD_LABELS[p.method]} of {plural(len(g), 'image')} · {_model_name(state.model_spec)}" + (f" · {p.note}" if p.note else "")
-    return map_payload(p.coords, g.labels, g.classes, [r.id for r in g.records], token=state.page_token, highlight=_highlight(state), title=title, revision=_revision(state))
+    groups, names, _ = g.colour_groups()  # classes, or k-means clusters for a folder without labels
+    return map_payload(p.coords, groups, names, [r.id for r in g.records], token=state.page_token, highlight=_highlight(state), title=title, revision=_revision(state))
 
 
 def _revision(state: SessionState) -> str:
@@ -104,7 +107,7 @@ def _scan_summary(state: SessionState) -> str:
     """What was loaded, skipped and looks wrong; every name from the folder escaped."""
     scan, g = state.scan, state.gallery
     counts = ", ".join(f"{md_escape(name)} {n}" for name, n in scan.class_counts().items())
-    lines = [f"**{plural(len(g), 'image')} in {plural(len(scan.classes), 'class', 'classes')}** from {md_escape(scan.root)} ({g.n_cached} from cache, {g.n_computed} embedded now) · {counts}"]
+    lines = [unlabelled_view.summary_head(state) or f"**{plural(len(g), 'image')} in {plural(len(scan.classes), 'class', 'classes')}** from {md_escape(scan.root)} ({g.n_cached} from cache, {g.n_computed} embedded now) · {counts}"]
     skipped = [(s.path, s.reason) for s in scan.skipped] + list(g.failures)
     if skipped:
         listed = "; ".join(f"{md_escape(p)}: {md_escape(r)}" for p, r in skipped[:20])
@@ -129,11 +132,11 @@ def load_folder(config: AppConfig, state: SessionState | None, folder: str, mode
     yield from _load(state, resolved, model, method, progress, config.data_roots)
 
 
-def _load(state: SessionState, folder: Path, model: str, method: str, progress, roots: DataRoots):
+def _load(state: SessionState, folder: Path, model: str, method: str, progress, roots: DataRoots, labels: str | None = None):
     """Scan + embed with progress, show a quick PCA map, then the chosen map. In share mode
     (`roots.restricted`) images that resolve outside the roots are skipped."""
     try:
-        state.load(folder, model, lambda f, text: progress(f, desc=text), roots=roots if roots.restricted else None)
+        state.load(folder, model, lambda f, text: progress(f, desc=text), roots=roots if roots.restricted else None, labels=labels)
         state.quick_projection()
         yield state, _scan_summary(state) + ("\n\nComputing the " + METHOD_LABELS[method] + " map…" if method != "pca" else ""), _map_value(state)
         if method != "pca":
@@ -156,6 +159,8 @@ def change_method(state: SessionState | None, method: str):
 
 def _point_summary(state: SessionState, index: int, neighbours) -> str:
     record = state.gallery.records[index]
+    if (unlabelled := unlabelled_view.point_summary(state, index)) is not None:
+        return unlabelled
     same = sum(bool(n.same_class) for n in neighbours)
     return f"Query: **{md_escape(record.id)}** (class {md_escape(record.class_name)}) · {same}/{len(neighbours)} neighbours of the same class"
 
@@ -584,6 +589,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
             with gr.Column(scale=1, min_width=150):
                 load = gr.Button("Load folder", variant="primary", elem_id="load-folder")
                 upload = gr.UploadButton("…or upload a zip", file_count="multiple", file_types=[".zip", "image"], elem_id="upload-folder", size="sm")
+        labels_path, labels_button = unlabelled_view.components()
         load_status = gr.Markdown("Press **Load folder** to embed the folder.", elem_id="load-status", label="Load status", latex_delimiters=[])
         with gr.Row():
             with gr.Column(scale=3):
@@ -601,7 +607,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
                 # Beside the neighbours: what a triplet loss with this point as anchor works on.
                 pair_words = gr.Markdown("", elem_id="hardest-pair-text", latex_delimiters=[])
                 pair_gallery = gr.Gallery(label="Hardest positive and nearest negative of the clicked point", columns=2, height=230, elem_id="hardest-pair", object_fit="contain", allow_preview=True)
-        with gr.Accordion("Suspicious labels: images whose neighbours mostly belong to another class", open=False, elem_id="suspicious"):
+        with gr.Accordion("Suspicious labels: images whose neighbours mostly belong to another class", open=False, elem_id="suspicious") as suspicious_box:
             with gr.Row():
                 suspicious_k = gr.Number(label="Neighbours looked at (k)", value=10, precision=0, minimum=2, maximum=50, scale=1)
                 suspicious_find = gr.Button("Find suspicious labels", elem_id="suspicious-find", scale=1)
@@ -687,6 +693,8 @@ def build_app(config: AppConfig) -> gr.Blocks:
         plot.click(hardest_pair_of_point, [state, point_index], [pair_gallery, pair_words], trigger_mode="multiple", concurrency_limit=None, show_progress="hidden", api_name="hardest_pair_of_point")
         query.upload(clear_hardest_pair, None, [pair_gallery, pair_words], show_progress="hidden", **private)
         suspicious_find.click(suspicious_view, [state, suspicious_k], [suspicious_summary, suspicious_table, suspicious_pairs, suspicious_csv], concurrency_limit=2, api_name="suspicious_labels")
+        unlabelled_view.wire(config, state=state, folder=folder, model=model, method=method, labels_path=labels_path, labels_button=labels_button,
+                             load_status=load_status, plot=plot, label_views=[suspicious_box, pair_gallery, pair_words])
         opened = demo.load(partial(open_page, config), model, [folder, picker, *lists], **private)
         if config.folder is not None:
             opened.then(partial(load_folder, config), load_inputs, [state, load_status, plot], **private)

@@ -18,8 +18,11 @@ def hardest_pair_items(state, index: int) -> tuple[list[tuple[str, str]], str]:
     """Gallery items for point `index`: its farthest image of the same class and its
     nearest image of another class, each captioned with the distance; and one line
     saying the margin between them."""
-    positive, negative = state.require_gallery().hardest_pair_of_index(index)
+    gallery = state.require_gallery()
+    positive, negative = gallery.hardest_pair_of_index(index)
     items, words = [], []
+    if gallery.labels[gallery.check_index(index)] < 0:
+        return items, "This image has no label: it has no positive or negative to show."
     if positive is not None:
         items.append((str(state.thumb(positive.index)), f"hardest positive ✓ {positive.label} · {positive.distance:.3f} · {positive.id}"))
     if negative is not None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..choices import DEFAULT_TRAINING_RUNNER
 from ..data import ScanResult, scan_folder
+from ..data.labels_csv import open_folder
 from ..errors import RetrievalAppError
 from ..paths import cache_dir, models_dir
 from ..retrieval import Gallery, Neighbour, Projection, compute_projection
@@ -60,17 +61,20 @@ class SessionState:
     last_query: int | np.ndarray | None = None  # a point index or a dropped image's embedding
     served: ServedFiles = field(default_factory=ServedFiles)  # the thumbnails this session's page may fetch
     map_seq: int = 0  # numbers every map and highlight sent: the page draws the latest
+    labels_file: str | None = None  # the labels CSV the loaded folder was read with (training reads it too)
     _thumbs_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ------------------------------------------------------------ loading
-    def load(self, folder: Path, model_spec: str, progress: Progress, roots: DataRoots | None = None) -> None:
+    def load(self, folder: Path, model_spec: str, progress: Progress, roots: DataRoots | None = None, labels: str | None = None) -> None:
         """Scan `folder` and embed it with `model_spec` (cached); resets the map and query.
-        With share mode's `roots`, images resolving outside them are skipped."""
+        With share mode's `roots`, images resolving outside them are skipped. `labels`:
+        a labels CSV (id,label) for a folder that is not sorted into class folders."""
         progress(0.0, "scanning folder")
-        scan = scan_folder(folder)
+        scan = open_folder(folder, labels=labels)
         if roots is not None:
             scan = roots.keep_inside(scan)
         self._use(scan, model_spec, progress)
+        self.labels_file = labels
 
     def switch_model(self, model_spec: str, progress: Progress) -> None:
         """The loaded folder's images (the same scan, so share mode's root check stands)
@@ -187,7 +191,7 @@ class SessionState:
         gallery = self.require_gallery()
         # Default name: folder and start time, so a second run never overwrites the first.
         name = settings.pop("name", None) or f"{gallery.root.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        config = TrainConfig(folder=str(gallery.root), out_dir=str(models_dir() / _safe_name(name)), **settings)
+        config = TrainConfig(folder=str(gallery.root), out_dir=str(models_dir() / _safe_name(name)), labels=self.labels_file, **settings)
         return self._start(config)
 
     def _start(self, config: TrainConfig) -> TrainingJob:
