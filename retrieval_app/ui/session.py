@@ -82,7 +82,7 @@ class SessionState:
     def _use(self, scan: ScanResult, model_spec: str, progress: Progress) -> None:
         progress(0.02, f"loading model {model_spec}")
         net = load_embedder(model_spec)
-        gallery = Gallery.build(scan, net, distance=checkpoint_distance(model_spec), from_features=is_head_only(model_spec), progress=lambda d, t: progress(0.05 + 0.75 * d / max(t, 1), f"embedding {d}/{t} images"))
+        gallery = Gallery.build(scan, net, distance=checkpoint_distance(model_spec), from_features=is_head_only(model_spec), progress=_embedding_progress(progress))
         with self._thumbs_lock:
             self.served.renew()
             self.scan, self.gallery, self.thumbs, self.model_spec = scan, gallery, {}, model_spec
@@ -281,6 +281,18 @@ class SessionRegistry:
             return None
         with self._lock:
             return self._sessions.get(token)
+
+
+def _embedding_progress(progress: Progress) -> Callable[[int, int], None]:
+    """The load's progress bar while images are embedded: "embedding: done/total images,
+    about N s left" (the speed from the images computed now, not those from the cache)."""
+    from ..training.progress import PassProgress
+
+    def report(done: int, total: int) -> None:
+        progress(0.05 + 0.75 * done / max(total, 1), counter.text(done, total))
+
+    counter = PassProgress("embedding", lambda text: None)
+    return lambda done, total: (counter(done, total), report(done, total))[1]
 
 
 def _decode_max_side(net) -> int | None:
