@@ -157,3 +157,37 @@ def test_class_numbers_beyond_a_byte_survive_the_payload(n_classes, label_type):
     decoded = decode_map(value)
     assert decoded["labels"].tolist() == labels.tolist() and decoded["ids"] == ids and decoded["classes"] == classes
     assert f'"label_type":"{label_type}"' in value
+
+
+def test_the_page_decodes_many_classes_and_draws_one_trace_per_colour(tmp_path):
+    """The page's own decoder and trace builder (PLOT_JS, run by node): 300 classes come
+    back from uint16 labels and are drawn as one trace per palette colour, every point once."""
+    import json
+    import shutil
+    import subprocess
+
+    from retrieval_app.ui.plot import PALETTE, PLOT_JS
+
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    rng = np.random.default_rng(0)
+    n, n_classes = 3000, 300
+    labels = np.concatenate([np.arange(n_classes), rng.integers(0, n_classes, n - n_classes)])
+    value = map_payload(rng.normal(size=(n, 2)).astype(np.float32), labels, [f"c{i}" for i in range(n_classes)],
+                        [f"c{label}/{i}.png" for i, label in enumerate(labels)])
+    script = tmp_path / "page.js"
+    script.write_text(
+        "const page = (function (element, props, watch, trigger, server) {" + PLOT_JS + "; return {decodeMap, classTraces}; })"
+        "({querySelector: () => null}, {value: ''}, () => {}, () => {}, {});\n"
+        "const fig = JSON.parse(require('fs').readFileSync(0, 'utf8')), m = page.decodeMap(fig), traces = page.classTraces(m, fig);\n"
+        "const rows = traces.map((t) => Array.from(t.customdata));\n"
+        "console.log(JSON.stringify({labels: Array.from(m.label), rows, colours: traces.map((t) => t.marker.color),"
+        " legend: traces.some((t) => t.showlegend), traceOf: Array.from(m.traceOf)}));\n"
+    )
+    out = json.loads(subprocess.run(["node", str(script)], input=value, capture_output=True, text=True, check=True, timeout=60).stdout)
+    assert out["labels"] == labels.tolist()
+    assert len(out["rows"]) == len(PALETTE) and not out["legend"]
+    assert sorted(i for rows in out["rows"] for i in rows) == list(range(n))  # every point, once
+    for t, rows in enumerate(out["rows"]):
+        assert {PALETTE[labels[i] % len(PALETTE)] for i in rows} == {out["colours"][t]}
+        assert {out["traceOf"][labels[i]] for i in rows} == {t}  # hover and click find a class's trace
