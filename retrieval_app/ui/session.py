@@ -288,11 +288,13 @@ def _embedding_progress(progress: Progress) -> Callable[[int, int], None]:
     about N s left" (the speed from the images computed now, not those from the cache)."""
     from ..training.progress import PassProgress
 
+    counter = PassProgress("embedding", lambda text: None)
+
     def report(done: int, total: int) -> None:
+        counter(done, total)  # its first call's rows came from the cache: not in the speed
         progress(0.05 + 0.75 * done / max(total, 1), counter.text(done, total))
 
-    counter = PassProgress("embedding", lambda text: None)
-    return lambda done, total: (counter(done, total), report(done, total))[1]
+    return report
 
 
 def _decode_max_side(net) -> int | None:
