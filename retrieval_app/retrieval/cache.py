@@ -148,7 +148,8 @@ def read_store(folder: Path) -> StoredVectors:
             arrays.append((ids, sizes, mtimes, vectors))
     if not arrays:
         return StoredVectors(np.zeros(0, dtype=str), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.float32), files, damaged)
-    ids, sizes, mtimes, vectors = (np.concatenate(column) for column in zip(*arrays))
+    # One file (the usual re-open): its arrays as they are, no concatenated copy.
+    ids, sizes, mtimes, vectors = arrays[0] if len(arrays) == 1 else (np.concatenate(column) for column in zip(*arrays))
     return StoredVectors(ids, sizes, mtimes, vectors, files, damaged)
 
 
@@ -202,8 +203,10 @@ class _PendingWriter:
 def _merge(folder: Path, records: Sequence[ImageRecord], result: EmbeddingResult, superseded: Sequence[Path]) -> None:
     """Write the store for exactly `records` (those embedded), then delete the files it replaces."""
     good = np.flatnonzero(result.ok)
+    # All rows good (the usual case): the array itself, not a copy (2× the vectors' memory at 100k).
+    vectors = result.embeddings if len(good) == len(records) else result.embeddings[good]
     try:
-        _save(folder / STORE_NAME, [records[i].id for i in good], [records[i].size for i in good], [records[i].mtime_ns for i in good], result.embeddings[good])
+        _save(folder / STORE_NAME, [records[i].id for i in good], [records[i].size for i in good], [records[i].mtime_ns for i in good], vectors)
     except OSError as exc:
         log.warning("could not write embedding cache %s: %s", folder / STORE_NAME, exc)
         return
@@ -253,7 +256,7 @@ def cached_embeddings(
     if len(hits):
         if result.embeddings.shape[1] != stored.dim:
             result.embeddings = np.zeros((len(records), stored.dim), dtype=np.float32)
-        result.embeddings[hits] = stored.vectors[sources]
+        copy_rows(result.embeddings, hits, stored.vectors, sources)
         result.ok[hits] = True
     current = {r.id for r in records}
     result.n_removed = len(set(stored.ids.tolist()) - current)
@@ -266,6 +269,15 @@ def cached_embeddings(
     if merge and (len(misses) or result.n_removed or stored.damaged or (stored.files and not merged_already)):
         _merge(folder, records, result, [*stored.files, *writer.written])
     return result
+
+
+COPY_ROWS = 8192  # rows gathered at a time: no temporary the size of the whole store
+
+
+def copy_rows(out: np.ndarray, rows: np.ndarray, source: np.ndarray, positions: np.ndarray) -> None:
+    """`out[rows] = source[positions]` in bounded chunks."""
+    for start in range(0, len(rows), COPY_ROWS):
+        out[rows[start:start + COPY_ROWS]] = source[positions[start:start + COPY_ROWS]]
 
 
 def _match(records: Sequence[ImageRecord], stored: StoredVectors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -6,7 +6,8 @@ channels-last on CPU, fp16 autocast on CUDA, into a preallocated (N, D) float32 
 Decoded images are never held beyond the batch being embedded.
 
 Where decoding runs is chosen by measurement (bench/bench_embedding.py). With more than 2
-cores, DataLoader worker processes. On 2 cores, worker processes only add
+cores, one DataLoader worker process per core (bounded memory: each worker holds at most
+`PREFETCH_BATCHES` decoded batches, whatever the folder's size). On 2 cores, worker processes only add
 inter-process copies for CPU the forward pass already uses, so the loader runs without
 workers in a background *thread* that decodes the next batches while the forward pass
 runs: Pillow's decoder and resizer and torch's kernels release the GIL, so the two
@@ -39,7 +40,7 @@ from ..data.scan import ImageRecord
 from ..device import select_device
 from ..errors import RetrievalAppError, TrainingCancelled
 from ..networks.transforms import PixelNormaliser, SmallEvalPixels, has_small_input
-from ..threads import network_workload, workload_threads
+from ..threads import available_cores, network_workload, workload_threads
 
 OUTPUTS = ("embeddings", "features")
 ProgressFn = Callable[[int, int], None]
@@ -79,12 +80,12 @@ class EmbeddedBatch(NamedTuple):
 
 def default_workers(device: torch.device | None = None) -> int:
     """Decoding worker processes: none on ≤ 2 cores (a decoding thread is faster there,
-    see the module docstring), else enough to keep the model fed (more for a GPU)."""
-    cores = os.cpu_count() or 1
-    if cores <= 2:
-        return 0
-    limit = 8 if device is not None and device.type == "cuda" else 2
-    return min(limit, cores - 1)
+    see the module docstring), else one per core. Decoding (JPEG, resizing) is what
+    holds a large-photo pipeline back, and workers that get ahead only wait: each holds at
+    most `PREFETCH_BATCHES` decoded batches, so on a CPU-only machine they yield the cores
+    to the forward pass once it is the slower side."""
+    cores = available_cores()
+    return 0 if cores <= 2 else cores
 
 
 def output_dim(net, output: str) -> int | None:

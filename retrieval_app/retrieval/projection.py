@@ -3,8 +3,8 @@
 - Seedable (`seed`), so the same embeddings give the same map.
 - UMAP and t-SNE first reduce high-dimensional embeddings to `PRE_REDUCE_DIM` with PCA
   (cheaper, and the small variance directions they drop are mostly noise).
-- UMAP gets its k-nearest-neighbour graph from our own index (exact below 50k points,
-  FAISS above): that skips umap-learn's NN-descent and its numba compilation, measured
+- UMAP gets its k-nearest-neighbour graph from us (`knn_graph.py`: exact below 20k
+  points, a FAISS IVF-Flat index above): that skips umap-learn's NN-descent and its numba compilation, measured
   at 13 s instead of 39 s for a first 10k-point map in a fresh process. Pass
   `precomputed_knn=False` to let UMAP build its own graph and keep its `transform`.
 - Maps are cached per (embedding fingerprint = hash of the array's bytes, method,
@@ -144,6 +144,18 @@ def compute_projection(embeddings: np.ndarray, method: str = "umap", *, seed: in
     return projection
 
 
+def cached_projection(embeddings: np.ndarray, method: str = "umap", *, seed: int = 0, cache_dir: str | Path | None = None, **params) -> Projection | None:
+    """The map `compute_projection` would return, when it is on disk already (else None):
+    lets a caller show a cached UMAP at once instead of a quick map first."""
+    if method not in METHODS or set(params) - set(DEFAULTS[method]):
+        return None
+    embeddings = _check_embeddings(embeddings)
+    if len(embeddings) < MIN_POINTS[method]:
+        return None
+    settings = {"seed": int(seed), **DEFAULTS[method], **params}
+    return _load(_cache_path(embeddings, method, settings, cache_dir), embeddings, method, settings)
+
+
 def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
     embeddings = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
     if embeddings.ndim != 2:
@@ -200,19 +212,11 @@ def ensure_numba_cache(cache_dir: str | Path | None = None) -> None:
 
 
 def knn_graph(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, distances) (N, k) Euclidean, each point itself first: UMAP's format."""
-    from .search import build_index
+    """(indices, distances) (N, k) Euclidean, each point itself first: UMAP's format
+    (exact below `knn_graph.APPROXIMATE_FROM` points, FAISS IVF-Flat above)."""
+    from .knn_graph import knn_graph as graph
 
-    index = build_index(x, "euclidean", backend="auto")
-    own = np.arange(len(x))
-    indices, distances = np.empty((len(x), k), np.int64), np.zeros((len(x), k), np.float32)
-    block = 4096  # bounded memory for the neighbour arrays of large sets
-    for start in range(0, len(x), block):
-        rows = own[start:start + block]
-        found, dist = index.search(x[rows], k - 1, exclude=rows)
-        indices[rows, 0] = rows
-        indices[rows, 1:], distances[rows, 1:] = found, dist
-    return indices, distances
+    return graph(x, k)
 
 
 def _umap_fit(embeddings: np.ndarray, settings: dict) -> Projection:

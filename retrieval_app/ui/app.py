@@ -133,28 +133,49 @@ def load_folder(config: AppConfig, state: SessionState | None, folder: str, mode
 
 
 def _load(state: SessionState, folder: Path, model: str, method: str, progress, roots: DataRoots, labels: str | None = None):
-    """Scan + embed with progress, show a quick PCA map, then the chosen map. In share mode
-    (`roots.restricted`) images that resolve outside the roots are skipped."""
+    """Scan + embed with progress, show a first map at once, then the chosen map when it is
+    ready (see `_follow_map`). In share mode (`roots.restricted`) images that resolve
+    outside the roots are skipped."""
     try:
         state.load(folder, model, lambda f, text: progress(f, desc=text), roots=roots if roots.restricted else None, labels=labels)
-        state.quick_projection()
-        yield state, _scan_summary(state) + ("\n\nComputing the " + METHOD_LABELS[method] + " map…" if method != "pca" else ""), _map_value(state)
-        if method != "pca":
-            state.project(method)
-            yield state, _scan_summary(state), _map_value(state)
+        yield from _follow_map(state, method, _scan_summary)
     except Exception as exc:  # shown in the page; the previous state stays usable
         yield state, _error(exc), _map_value(state)
 
 
+MAP_POLL_S = 1.0  # how often the status counts the seconds while a map is fitted
+
+
+def _follow_map(state: SessionState, method: str, summary):
+    """The requested map when it is cached, else a quick PCA map at once while the
+    requested one is fitted in the background (the page stays usable: clicks, queries);
+    the status says so and counts the seconds, and the map is swapped in when it is ready.
+    Ends early when another map or folder was asked for meanwhile."""
+    job = state.begin_map(method)
+    name = METHOD_LABELS[method]
+    if not job.done:
+        waiting = lambda: f"\n\nShowing a quick PCA map; the {name} map is being computed in the background ({job.elapsed:.0f} s so far) and replaces it when ready."  # noqa: E731
+        yield state, summary(state) + waiting(), _map_value(state)
+        while (outcome := state.settle_map(job, MAP_POLL_S)) == "pending":
+            yield state, summary(state) + waiting(), gr.skip()
+        if outcome == "superseded":
+            return
+        yield state, summary(state) + (f"\n\n{name} map ready ({job.elapsed:.0f} s)." if job.quick else ""), _map_value(state)
+        return
+    state.settle_map(job)
+    yield state, summary(state), _map_value(state)
+
+
 def change_method(state: SessionState | None, method: str):
-    """Redraw the map with another projection (UMAP, PCA or t-SNE)."""
+    """Redraw the map with another projection (UMAP, PCA or t-SNE): at once when cached or
+    PCA, else PCA first and the map when it is fitted."""
     if state is None or state.gallery is None:
-        return state, gr.skip(), gr.skip()
+        yield state, gr.skip(), gr.skip()
+        return
     try:
-        state.project(method)
+        yield from _follow_map(state, method, _scan_summary)
     except Exception as exc:  # e.g. too few images for UMAP: say so, keep the old map
-        return state, _error(exc), gr.skip()
-    return state, _scan_summary(state), _map_value(state)
+        yield state, _error(exc), gr.skip()
 
 
 def _point_summary(state: SessionState, index: int, neighbours) -> str:

@@ -6,7 +6,8 @@ At 20,000 points a plotly figure with a dict, a thumbnail URL and an id per poin
 
     {"format": "rmap/1", "key": ..., "token": ..., "title": ..., "layout": {...},
      "points": {"n": N, "x": base64 float32, "y": base64 float32,
-                "label": base64 uint8 (uint16 above 256 classes), "label_type": "uint8",
+                "label": base64 uint8 (uint16 above 256 classes, uint32 above 65,536),
+                "label_type": "uint8" | "uint16" | "uint32",
                 "ids": [id without its class folder, ...]},
      "classes": [{"name": ..., "colour": ...}, ...], "marker": {...},
      "highlight": {"key": ..., "seq": ..., "overlays": [...], "range": {"x": [..], "y": [..]}}}
@@ -14,7 +15,9 @@ At 20,000 points a plotly figure with a dict, a thumbnail URL and an id per poin
 (≈ 12 bytes a point plus the ids: an id "class/name.png" is sent as "name.png"; one that
 does not start with its class folder is sent whole, marked by a leading "/"; see
 `decode_map`). The page decodes it into typed arrays, draws one scattergl trace per class
-(`customdata` = each point's global index) and never receives a thumbnail URL for all
+(`customdata` = each point's global index; above `MAX_CLASS_TRACES` classes one trace per
+palette colour instead, without a legend: a WebGL trace per class costs a draw call each,
+and a legend of hundreds of classes helps nobody) and never receives a thumbnail URL for all
 points: the hovered point's thumbnail is asked for when it is hovered (`hover_thumbnail`,
 a server function of the component, with the session's `token`).
 
@@ -37,6 +40,9 @@ import numpy as np
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
            "#393b79", "#ad494a", "#8ca252", "#bd9e39", "#843c39", "#7b4173", "#5254a3", "#e7ba52", "#637939", "#d6616b")
 FORMAT = "rmap/1"
+MAX_CLASS_TRACES = 60  # above this many classes: one trace per colour, no legend
+# The narrowest little-endian unsigned type for class numbers 0 … n - 1, by name.
+LABEL_TYPES = (("uint8", "<u1", 1 << 8), ("uint16", "<u2", 1 << 16), ("uint32", "<u4", 1 << 32))
 RANGE_PADDING = 0.06  # of the data extent, on each side
 POINT_SIZE = 8
 POINT_OPACITY = 0.85
@@ -91,7 +97,7 @@ def map_payload(coords: np.ndarray, labels: np.ndarray, classes: Sequence[str], 
     coords = np.asarray(coords, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
     key = map_key(revision, coords)
-    label_type = "uint8" if len(classes) <= 256 else "uint16"
+    label_type, label_dtype = label_encoding(len(classes))
     star = highlight.get("star") if highlight is not None else None
     if highlight is not None:
         highlight = {**highlight, "key": key, "range": _ranges(coords, star)}
@@ -99,15 +105,23 @@ def map_payload(coords: np.ndarray, labels: np.ndarray, classes: Sequence[str], 
         "format": FORMAT, "key": key, "token": token, "title": title,
         "points": {
             "n": len(coords), "x": _b64(coords[:, 0], "<f4"), "y": _b64(coords[:, 1], "<f4"),
-            "label": _b64(labels, "<u1" if label_type == "uint8" else "<u2"), "label_type": label_type,
+            "label": _b64(labels, label_dtype), "label_type": label_type,
             "ids": _short_ids(ids, labels, classes),
         },
         "classes": [{"name": name, "colour": class_colour(i)} for i, name in enumerate(classes)],
-        "marker": {"size": POINT_SIZE, "opacity": POINT_OPACITY},
+        "marker": {"size": POINT_SIZE, "opacity": POINT_OPACITY}, "max_class_traces": MAX_CLASS_TRACES,
         "highlight": highlight,
         "layout": _layout(coords, star, title, revision),
     }
     return json.dumps(payload, separators=(",", ":"))
+
+
+def label_encoding(n_classes: int) -> tuple[str, str]:
+    """(name, NumPy dtype) of the narrowest type that holds class numbers below `n_classes`."""
+    for name, dtype, limit in LABEL_TYPES:
+        if n_classes <= limit:
+            return name, dtype
+    raise ValueError(f"{n_classes} classes do not fit the map's label types")
 
 
 def _layout(coords: np.ndarray, star, title: str, revision: str) -> dict:
@@ -174,7 +188,8 @@ def decode_map(value: str) -> dict:
     points = payload["points"]
     x = np.frombuffer(base64.b64decode(points["x"]), dtype="<f4")
     y = np.frombuffer(base64.b64decode(points["y"]), dtype="<f4")
-    labels = np.frombuffer(base64.b64decode(points["label"]), dtype="<u1" if points["label_type"] == "uint8" else "<u2").astype(np.int64)
+    dtype = {name: dtype for name, dtype, _ in LABEL_TYPES}[points["label_type"]]
+    labels = np.frombuffer(base64.b64decode(points["label"]), dtype=dtype).astype(np.int64)
     classes = [c["name"] for c in payload["classes"]]
     ids = [s[1:] if s.startswith("/") else f"{classes[label]}/{s}" for s, label in zip(points["ids"], labels.tolist())]
     return {"coords": np.stack([x, y], axis=1), "labels": labels, "ids": ids, "classes": classes,
@@ -210,7 +225,8 @@ const bytesOf = (b64) => { const s = atob(b64), out = new Uint8Array(s.length); 
 const decodeMap = (fig) => {
   const p = fig.points, n = p.n;
   const x = new Float32Array(bytesOf(p.x).buffer), y = new Float32Array(bytesOf(p.y).buffer);
-  const label = p.label_type === 'uint16' ? new Uint16Array(bytesOf(p.label).buffer) : bytesOf(p.label);
+  const raw = bytesOf(p.label).buffer;
+  const label = p.label_type === 'uint32' ? new Uint32Array(raw) : p.label_type === 'uint16' ? new Uint16Array(raw) : new Uint8Array(raw);
   const names = fig.classes.map((c) => c.name);
   const id = (i) => { const s = p.ids[i]; return s.startsWith('/') ? s.slice(1) : names[label[i]] + '/' + s; };
   // Points grouped by class (a counting sort): each class trace holds one slice.
@@ -223,15 +239,24 @@ const decodeMap = (fig) => {
   return {key: fig.key, token: fig.token, n, x, y, label, names, id, order, start: count, point, traceOf: new Int32Array(names.length).fill(-1)};
 };
 const classTraces = (m, fig) => {
-  const traces = [];
+  // One trace per class; with many classes one per colour (each WebGL trace is a draw call).
+  const grouped = fig.classes.length > (fig.max_class_traces || Infinity);
+  const groups = new Map();
   fig.classes.forEach((c, k) => {
-    const rows = m.order.subarray(m.start[k], m.start[k + 1]);
-    if (!rows.length) return;
-    m.traceOf[k] = traces.length;
+    if (m.start[k + 1] === m.start[k]) return;
+    const key = grouped ? c.colour : k;
+    if (!groups.has(key)) groups.set(key, {name: c.name, colour: c.colour, classes: []});
+    groups.get(key).classes.push(k);
+  });
+  const traces = [];
+  groups.forEach((g) => {
+    const parts = g.classes.map((k) => m.order.subarray(m.start[k], m.start[k + 1]));
+    const rows = parts.length === 1 ? parts[0] : Int32Array.from(parts.flatMap((r) => Array.from(r)));
+    g.classes.forEach((k) => { m.traceOf[k] = traces.length; });
     traces.push({
-      type: 'scattergl', mode: 'markers', name: c.name, customdata: rows,
+      type: 'scattergl', mode: 'markers', name: g.name, customdata: rows, showlegend: !grouped,
       x: Float32Array.from(rows, (i) => m.x[i]), y: Float32Array.from(rows, (i) => m.y[i]),
-      marker: {size: fig.marker.size, color: c.colour, opacity: fig.marker.opacity},
+      marker: {size: fig.marker.size, color: g.colour, opacity: fig.marker.opacity},
       hoverinfo: 'none',  // the page draws its own tip: thumbnail, class, id
     });
   });

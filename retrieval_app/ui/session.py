@@ -21,6 +21,7 @@ from ..data.labels_csv import open_folder
 from ..errors import RetrievalAppError
 from ..paths import cache_dir, models_dir
 from ..retrieval import Gallery, Neighbour, Projection, compute_projection
+from ..retrieval.map_job import MapJob
 from ..thumbnails import ensure_thumbnails
 from ..training import JobSnapshot, TrainConfig, TrainingJob, checkpoint_distance, load_embedder
 from ..training.checkpoint import checkpoint_dial, is_head_only, set_checkpoint_blend
@@ -62,6 +63,7 @@ class SessionState:
     served: ServedFiles = field(default_factory=ServedFiles)  # the thumbnails this session's page may fetch
     map_seq: int = 0  # numbers every map and highlight sent: the page draws the latest
     labels_file: str | None = None  # the labels CSV the loaded folder was read with (training reads it too)
+    map_job: MapJob | None = None  # the requested map, fitted in the background (begin_map)
     _thumbs_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ------------------------------------------------------------ loading
@@ -87,16 +89,38 @@ class SessionState:
     def _use(self, scan: ScanResult, model_spec: str, progress: Progress) -> None:
         progress(0.02, f"loading model {model_spec}")
         net = load_embedder(model_spec)
-        gallery = Gallery.build(scan, net, distance=checkpoint_distance(model_spec), from_features=is_head_only(model_spec), progress=lambda d, t: progress(0.05 + 0.75 * d / max(t, 1), f"embedding {d}/{t} images"))
+        gallery = Gallery.build(scan, net, distance=checkpoint_distance(model_spec), from_features=is_head_only(model_spec), progress=_embedding_progress(progress))
         with self._thumbs_lock:
             self.served.renew()
             self.scan, self.gallery, self.thumbs, self.model_spec = scan, gallery, {}, model_spec
         self.projection, self.query_point, self.highlight, self.last_query = None, None, (None, []), None
+        self.map_job = None
 
     def project(self, method: str) -> Projection:
-        """The 2-D map by `method` (cached on disk by the core)."""
-        self.method = method
+        """The 2-D map by `method` (cached on disk by the core), computed now."""
+        self.method, self.map_job = method, None  # a map still fitting in the background is not wanted now
         return self._use_projection(compute_projection(self.require_gallery().embeddings, method))
+
+    def begin_map(self, method: str) -> MapJob:
+        """Show a map at once (the requested one when cached, else PCA) and fit the
+        requested one in the background; `settle_map` swaps it in when it is ready."""
+        self.method = method
+        job = MapJob.start(self.require_gallery().embeddings, method)
+        self.map_job = job
+        self._use_projection(job.current)
+        return job
+
+    def settle_map(self, job: MapJob, timeout: float = 0.0) -> str:
+        """Wait up to `timeout` s for `job`: "pending", "ready" (its map is now in use) or
+        "superseded" (another load or map was asked for since: nothing changes). A failed
+        fit raises; the first map stays."""
+        if not job.wait(timeout):
+            return "pending" if self.map_job is job else "superseded"
+        if self.map_job is not job:
+            return "superseded"
+        if self.projection is not job.result:
+            self._use_projection(job.result)
+        return "ready"
 
     def quick_projection(self) -> Projection:
         """PCA: instant, shown while UMAP / t-SNE are computed."""
@@ -265,6 +289,20 @@ class SessionRegistry:
             return None
         with self._lock:
             return self._sessions.get(token)
+
+
+def _embedding_progress(progress: Progress) -> Callable[[int, int], None]:
+    """The load's progress bar while images are embedded: "embedding: done/total images,
+    about N s left" (the speed from the images computed now, not those from the cache)."""
+    from ..training.progress import PassProgress
+
+    counter = PassProgress("embedding", lambda text: None)
+
+    def report(done: int, total: int) -> None:
+        counter(done, total)  # its first call's rows came from the cache: not in the speed
+        progress(0.05 + 0.75 * done / max(total, 1), counter.text(done, total))
+
+    return report
 
 
 def _decode_max_side(net) -> int | None:
