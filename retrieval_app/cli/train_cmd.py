@@ -48,6 +48,7 @@ def register(subparsers) -> None:
     add_device_argument(parser)
     parser.add_argument("--workers", type=int, default=None, help="data-loading worker processes")
     parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    parser.add_argument("--live-map-every", type=float, default=1.0, metavar="SECONDS", help="record a live map frame (a subsample of the images laid out in 2-D) at most this often, into --out/frames.npz for `map --animate` (default 1; 0: off)")
     parser.set_defaults(func=run)
 
 
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     cancel = threading.Event()
     with TrainingProgressPrinter() as printer:
         try:
-            result = Trainer(config, on_event=printer, cancel=cancel).run()
+            result = Trainer(config, on_event=printer, cancel=cancel, callbacks=_live_map(args.live_map_every)).run()
         except KeyboardInterrupt:
             cancel.set()
             raise
@@ -81,6 +82,14 @@ def run(args: argparse.Namespace) -> int:
         print(dial_table(result.dial))
     print(f"model: {printable(result.model_path) if result.model_path else 'none saved (the backbone stays the better choice)'}")
     return 0
+
+
+def _live_map(every: float) -> list:
+    if every <= 0:
+        return []
+    from ..training.live_map import LiveMap
+
+    return [LiveMap(every)]
 
 
 def _blend(text: str) -> float | None:
