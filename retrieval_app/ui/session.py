@@ -23,7 +23,9 @@ from ..thumbnails import ensure_thumbnails
 from ..training import JobSnapshot, TrainConfig, TrainingJob, checkpoint_distance, load_embedder
 from ..training.checkpoint import checkpoint_dial, is_head_only, set_checkpoint_blend
 from ..training.dial import Dial
+from ..training.live_map import LiveMap
 from .access import DataRoots
+from .live_map import LiveMapView
 from .query_input import read_query_image, uploaded_path
 from .served import ServedFiles
 
@@ -57,6 +59,7 @@ class SessionState:
     last_query: int | np.ndarray | None = None  # a point index or a dropped image's embedding
     served: ServedFiles = field(default_factory=ServedFiles)  # the thumbnails this session's page may fetch
     map_seq: int = 0  # numbers every map and highlight sent: the page draws the latest
+    live_map: LiveMapView = field(default_factory=LiveMapView)  # what the page shows of a run's live map
     _thumbs_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ------------------------------------------------------------ loading
@@ -190,7 +193,7 @@ class SessionState:
     def _start(self, config: TrainConfig) -> TrainingJob:
         if self.job is not None and self.job.running:
             raise RetrievalAppError("a training run is already going; cancel it first")
-        self.job = TrainingJob(config).start()
+        self.job = TrainingJob(config, callbacks=[LiveMap()]).start()  # its frames: the panel's live map
         self.job_consumed = False
         return self.job
 
