@@ -298,7 +298,7 @@ def test_map_animate_writes_a_standalone_html_with_the_frames(trained_run, tmp_p
     # each frame holds every point at its saved position, class by class
     last, classes = figure["frames"][-1], saved[-1].points.classes
     xs = np.concatenate([_array(trace["x"]) for trace in last["data"]])
-    assert len(xs) == len(saved[-1].points) and {t["name"] for t in last["data"]} == set(classes)
+    assert len(xs) == len(saved[-1].points) and [t["name"] for t in figure["data"]] == list(classes)
     first_class = np.flatnonzero(saved[-1].points.labels == 0)
     assert np.allclose(_array(last["data"][0]["x"]), saved[-1].coords[first_class, 0], atol=1e-5)
 
