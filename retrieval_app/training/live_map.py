@@ -140,9 +140,8 @@ class LiveMap(Callback):
         coords = self.layout.place(embeddings)
         ended = self.clock()
         # The next frame waits out the interval, and long enough for this one's cost to be
-        # at most `cost_share` of the time between them (not after the start frame: its
-        # cost includes one-time work, such as building quick mode's starting head).
-        wait = (ended - began) * (1 - self.cost_share) / self.cost_share if self.frames else 0.0
+        # at most `cost_share` of the time between them.
+        wait = (ended - began) * (1 - self.cost_share) / self.cost_share
         self.next_due = ended + max(self.interval, wait)
         self._emit(MapFrame(self.emitted, stage, int(step), began - self.started, coords, self.points))
 

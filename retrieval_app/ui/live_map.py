@@ -47,7 +47,7 @@ def describe(frames: list, finished: bool) -> str:
     text = (f"**Live map**: {len(points):,} images ({len(points.classes)} classes), each frame the PCA plane of the embeddings "
             f"turned to match the previous frame, so points move as training moves them · {len(frames)} frame{'s' if len(frames) != 1 else ''}")
     if any(frame.stage.startswith("fold") or frame.stage == "refit" for frame in frames):
-        text += " · quick mode: the first class fold (its held-out classes are not trained), then the refit on every class"
+        text += " · quick mode: the first class fold (its held-out classes are not trained), then the refit on every class when a model is kept"
     if finished and len(frames) > 1:
         text += " · move the slider to replay the run"
     return text
