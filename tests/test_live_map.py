@@ -261,7 +261,7 @@ def _run(folder, out, callbacks=(), **settings):
 @pytest.mark.usefixtures("isolated_dirs")
 def test_a_full_run_sends_frames_and_trains_exactly_as_without_them(shapes, tmp_path):
     plain, _ = _run(shapes, tmp_path / "plain")
-    live, events = _run(shapes, tmp_path / "live", [LiveMap(0.001, frame_budget_s=None)])
+    live, events = _run(shapes, tmp_path / "live", [LiveMap(0.001, frame_budget_s=None, cost_share=1.0)])
     frames = frames_of(events)
     assert len(frames) >= 3 and frames[0].stage == "start" and frames[-1].stage == "end"
     assert {f.stage for f in frames[1:-1]} <= {"epoch 1", "epoch 2"}
@@ -275,7 +275,7 @@ def test_a_full_run_sends_frames_and_trains_exactly_as_without_them(shapes, tmp_
 @pytest.fixture(scope="module")
 def trained_run(shapes, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "model"
-    _run(shapes, out, [LiveMap(0.001, frame_budget_s=None)], epochs=3)
+    _run(shapes, out, [LiveMap(0.001, frame_budget_s=None, cost_share=1.0)], epochs=3)
     return out
 
 
