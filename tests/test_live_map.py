@@ -335,3 +335,11 @@ def test_map_animate_without_frames_is_one_error_line(tmp_path):
     done = _cli("map", "--animate", "--model", tmp_path, "--out", tmp_path / "x.html")
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "no live map frames" in done.stderr
     assert not (tmp_path / "x.html").exists()
+
+
+def test_map_without_a_folder_or_animate_asks_for_one(tmp_path, capsys):
+    from retrieval_app.cli import main
+
+    assert main(["map", "--out", str(tmp_path / "m.html")]) == 2
+    err = capsys.readouterr().err
+    assert "map needs a FOLDER" in err and err.strip().count("\n") == 0
