@@ -52,6 +52,7 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     parser.add_argument("--views", type=int, default=4, help="without labels: augmented views per image whose backbone features quick mode trains on (default 4)")
     add_layout_arguments(parser)
+    parser.add_argument("--live-map-every", type=float, default=1.0, metavar="SECONDS", help="record a live map frame (a subsample of the images laid out in 2-D) at most this often, into --out/frames.npz for `map --animate` (default 1; 0: off)")
     parser.set_defaults(func=run)
 
 
@@ -88,7 +89,8 @@ def _train(args: argparse.Namespace, distributed) -> int:
     cancel = threading.Event()
     with TrainingProgressPrinter() as printer:
         try:
-            result = Trainer(config, on_event=printer, cancel=cancel, distributed=distributed).run()
+            callbacks = _live_map(args.live_map_every) if distributed.is_main else []  # rank 0 alone records frames
+            result = Trainer(config, on_event=printer, cancel=cancel, distributed=distributed, callbacks=callbacks).run()
         except KeyboardInterrupt:
             cancel.set()
             raise
@@ -103,6 +105,14 @@ def _train(args: argparse.Namespace, distributed) -> int:
             print(printable(OpenSetReport(**result.verification.open_set).summary()))
     print(f"model: {printable(result.model_path) if result.model_path else 'none saved (the backbone stays the better choice)'}")
     return 0
+
+
+def _live_map(every: float) -> list:
+    if every <= 0:
+        return []
+    from ..training.live_map import LiveMap
+
+    return [LiveMap(every)]
 
 
 def _blend(text: str) -> float | None:

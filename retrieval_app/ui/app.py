@@ -24,6 +24,7 @@ from . import dial as dial_view
 from . import inspect as inspect_view
 from . import verify as verify_view
 from . import unlabelled as unlabelled_view
+from . import live_map as live_map_view
 from .access import DataRoots, expire_uploads, extract_upload
 from .plot import PLOT_CSS, PLOT_JS, PLOT_TEMPLATE, file_url, highlight_json, highlight_payload, map_payload
 from .served import served_root
@@ -390,11 +391,11 @@ def poll_training(state: SessionState | None):
 
 def _panel(state: SessionState, snap) -> tuple:
     """The run's diagnostics: mining statistics over the steps, the distance histograms."""
-    return diagnostics.mining_figure(snap), diagnostics.gap_figure(snap)
+    return diagnostics.mining_figure(snap), diagnostics.gap_figure(snap), *live_map_view.updates(state.live_map, snap)
 
 
 def _panel_skip() -> tuple:
-    return gr.skip(), gr.skip()
+    return gr.skip(), gr.skip(), *live_map_view.skip()
 
 
 def adopt_trained_model(state: SessionState | None, progress=gr.Progress()):
@@ -659,6 +660,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
             with gr.Row():
                 mining_plot = gr.Plot(label="Mining", elem_id="mining-plot")
                 gap_plot = gr.Plot(label="Distances", elem_id="gap-plot")
+            live_map = live_map_view.LiveMapPanel()
             before_after = gr.Dataframe(headers=["metric", "before (backbone)", "after"], label="Before / after", elem_id="before-after", interactive=False)
             # The specialise <-> generalise dial of a quick-mode run: shown when there is one.
             with gr.Group(visible=False, elem_id="dial") as dial_box:
@@ -699,7 +701,8 @@ def build_app(config: AppConfig) -> gr.Blocks:
         preset.change(preset_form, preset, [distance, margin, mining], **private)
         cancel.click(cancel_training, state, train_status, concurrency_limit=None, show_progress="hidden", api_name="cancel_training")
         dial_outputs = [dial_box, dial_plot, dial_blend, dial_words]
-        panel_outputs = [mining_plot, gap_plot]
+        panel_outputs = [mining_plot, gap_plot, *live_map.outputs]
+        live_map.wire(state)
         timer.tick(poll_training, state, [state, train_status, loss_plot, val_plot, before_after, timer, adopt, *dial_outputs, *panel_outputs], concurrency_limit=None, show_progress="hidden", api_name="training_status")
         # One progress bar, on the status line (not one per output).
         adopt.change(adopt_trained_model, state, [state, train_status, plot, model, models, chosen], concurrency_limit=2, show_progress_on=[train_status], **private).then(model_lists, model, lists, **private)

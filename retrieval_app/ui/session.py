@@ -27,7 +27,9 @@ from ..training import JobSnapshot, TrainConfig, TrainingJob, checkpoint_distanc
 from ..training.checkpoint import checkpoint_dial, is_head_only, set_checkpoint_blend
 from ..training.dial import Dial
 from ..training.runners import training_job
+from ..training.live_map import LiveMap
 from .access import DataRoots
+from .live_map import LiveMapView
 from .query_input import read_query_image, uploaded_path
 from .served import ServedFiles
 
@@ -64,6 +66,7 @@ class SessionState:
     map_seq: int = 0  # numbers every map and highlight sent: the page draws the latest
     labels_file: str | None = None  # the labels CSV the loaded folder was read with (training reads it too)
     map_job: MapJob | None = None  # the requested map, fitted in the background (begin_map)
+    live_map: LiveMapView = field(default_factory=LiveMapView)  # what the page shows of a run's live map
     _thumbs_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ------------------------------------------------------------ loading
@@ -221,7 +224,7 @@ class SessionState:
     def _start(self, config: TrainConfig) -> TrainingJob:
         if self.job is not None and self.job.running:
             raise RetrievalAppError("a training run is already going; cancel it first")
-        self.job = training_job(config, self.training_runner).start()
+        self.job = training_job(config, self.training_runner, callbacks=[LiveMap()]).start()  # its frames: the panel's live map
         self.job_consumed = False
         return self.job
 
