@@ -33,4 +33,5 @@ DEFAULT_TRAIN_MODE = "auto"
 # retrieval/
 PROJECTION_METHODS = ("umap", "pca", "tsne")
 EXPORT_FORMATS = ("npz", "csv", "parquet", "projector")
-SEARCH_BACKENDS = ("auto", "exact", "faiss")
+# retrieval/indexes.py registers each backend; "auto" picks one by the data size.
+SEARCH_BACKENDS = ("auto", "exact", "ivf_flat", "hnsw", "ivf_pq")
