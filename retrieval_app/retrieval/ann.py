@@ -22,7 +22,7 @@ from .tuning import RecallProbe, knob_steps, tune
 
 IVF_LISTS_PER_SQRT_N = 4  # nlist = 4·√N: lists of ~√N/4 vectors, a probe costs little
 IVF_MIN_PER_LIST = 39  # FAISS's k-means wants ≥ 39 training points per centroid
-IVF_TRAIN_PER_LIST = 64  # training sample: 64 points per list (k-means cost ∝ sample × nlist)
+IVF_TRAIN_PER_LIST = 40  # training sample: 40 points per list (k-means cost ∝ sample × nlist)
 IVF_DRIFT = 4.0  # rebuild once the size is 4× above or below the trained size
 PQ_DIMS_PER_CODE = 4  # IVF-PQ: one byte per 4 dimensions (128-d → 32 bytes, 16× smaller)
 HNSW_M = 32
