@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from .search import NearestNeighbourIndex, check_distance, check_labels, check_vectors, drop_excluded, import_faiss, normalise_rows, sort_by_distance
+from .search import NearestNeighbourIndex, check_distance, check_labels, check_vectors, drop_excluded, import_faiss, normalise_rows, single_query_threads, sort_by_distance
 from .tuning import RecallProbe, knob_steps, tune
 
 IVF_LISTS_PER_SQRT_N = 4  # nlist = 4·√N: lists of ~√N/4 vectors, a probe costs little
@@ -126,7 +126,8 @@ class IvfIndex(NearestNeighbourIndex):
         wanted = min(k + (0 if exclude is None else 1), self.size)
         params = faiss.SearchParametersIVF()
         params.nprobe = min(nprobe, self.nlist)
-        raw_d, raw_i = self.index.search(queries, wanted, params=params)
+        with single_query_threads(faiss, len(queries)):
+            raw_d, raw_i = self.index.search(queries, wanted, params=params)
         return drop_excluded(raw_i, _to_distances(raw_d, self.distance), exclude, k)
 
     def add(self, vectors, labels):
@@ -210,7 +211,8 @@ class HnswIndex(NearestNeighbourIndex):
         params.efSearch = max(self.ef_search, 4 * wanted)
         if self.dead.any():
             params.sel = self._tombstone_selector()
-        raw_d, nodes = self.index.search(queries, wanted, params=params)
+        with single_query_threads(faiss, len(queries)):
+            raw_d, nodes = self.index.search(queries, wanted, params=params)
         raw_labels = np.where(nodes >= 0, self.labels[np.maximum(nodes, 0)], -1)
         labels, distances, short = drop_excluded(raw_labels, _to_distances(raw_d, self.distance), exclude, k)
         if short.any():  # rare: the graph search returned too few; answer those exactly

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -253,9 +254,12 @@ class ExactIndex(NearestNeighbourIndex):
 
     def _rows_of_labels(self, labels: np.ndarray) -> np.ndarray:
         """Row of each label (−1: not in the index, or −1 given)."""
-        if self._rows_of is None:
-            self._rows_of = {label: row for row, label in enumerate(self.labels.tolist())}
-        return np.asarray([self._rows_of.get(label, -1) if label >= 0 else -1 for label in labels.tolist()], dtype=np.int64)
+        if self._rows_of is None:  # labels are small non-negative ints: an array lookup
+            self._rows_of = np.full(int(self.labels.max()) + 2 if len(self.labels) else 1, -1, dtype=np.int64)
+            self._rows_of[self.labels] = np.arange(len(self.labels))
+        labels = np.asarray(labels, dtype=np.int64)
+        inside = (labels >= 0) & (labels < len(self._rows_of) - 1)
+        return np.where(inside, self._rows_of[np.where(inside, labels, len(self._rows_of) - 1)], -1)
 
     def _search_block(self, queries: np.ndarray, k: int, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         scores = self._ranking_scores(queries)
@@ -302,7 +306,8 @@ class ExactIndex(NearestNeighbourIndex):
         float32 rounding allowance) none of them can enter the top k."""
         scan, max_error = self._fp16_scan()
         r = min(self.size, RERANK_FACTOR * k + 1)
-        raw, rows = scan.search(queries, r)
+        with single_query_threads(import_faiss(), len(queries)):
+            raw, rows = scan.search(queries, r)
         approx = np.clip(1.0 - raw, 0.0, 2.0) if self.distance == "cosine" else np.sqrt(np.maximum(raw, 0.0))
         rows = np.where(rows < 0, 0, rows)  # never happens with r ≤ size; keeps indexing safe
         exact = self._exact_distances(queries, rows)
@@ -344,6 +349,23 @@ def drop_excluded(raw_i: np.ndarray, raw_d: np.ndarray, exclude: np.ndarray | No
         indices[row] = raw_i[row][keep[row]][:k]
         distances[row] = raw_d[row][keep[row]][:k]
     return indices, distances, short
+
+
+@contextmanager
+def single_query_threads(faiss, n_queries: int):
+    """FAISS calls for a few queries run on one OpenMP thread: FAISS splits the work by
+    query, so more threads only wait at the region's barrier, and on a busy machine that
+    wait measured 2–3× the search (OpenMP's thread count is a per-calling-thread setting,
+    so other threads' searches are unaffected)."""
+    if n_queries > FP16_MAX_QUERIES:
+        yield
+        return
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
 
 
 def import_faiss():
