@@ -10,9 +10,9 @@ chooses, and building or restoring one.
 
 Why these thresholds (bench/bench_index.py): exact search is one pass over the vectors,
 and at 50,000 × 128 float16 values (12.8 MB) that pass takes about a millisecond at the
-memory bandwidth of a small machine; above, IVF-Flat answers 1M vectors within a
-millisecond at recall@10 ≥ 0.95 and builds in under a minute, where HNSW took many
-minutes to build. Without FAISS every choice but `exact` fails with the install hint,
+memory bandwidth of a small machine; above, IVF-Flat answered 1M clustered vectors in
+0.16 ms (p50) at recall@10 0.98 and needs no graph, where HNSW took 16 minutes to build
+at 1M (issue 14). Without FAISS every choice but `exact` fails with the install hint,
 and `auto` searches exactly (with a logged note)."""
 
 from __future__ import annotations
