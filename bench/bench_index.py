@@ -7,7 +7,8 @@ Data: synthetic clustered 128-d float32 vectors, 1,000 cluster centres drawn N(0
 (centres ≈ 16 apart) and points around them with a spread σ per dimension:
 - `separated`: σ = 0.3 (a cluster's radius ≈ 3.4: well apart);
 - `harder`: σ = 1.0 (radius ≈ 11: clusters touch, and inside a cluster the nearest
-  neighbours are nearly random, so an IVF list holds only part of them).
+  neighbours are nearly random, so an IVF list holds only part of them);
+- `overlapping` (on request): σ = 2.0 (radius ≈ 23: clusters overlap their neighbours).
 Queries are 1,000 further points of the same clusters (not in the index). Recall@10 is
 the fraction of exact search's 10 nearest that a backend returns; the IVF/HNSW knobs
 are tuned at build time on queries made from the index (see retrieval/tuning.py), so
@@ -33,7 +34,7 @@ from retrieval_app.retrieval.ann import HnswIndex, IvfIndex
 from retrieval_app.retrieval.search import ExactIndex
 from retrieval_app.retrieval.tuning import recall_at_k
 
-SPREAD = {"separated": 0.3, "harder": 1.0}
+SPREAD = {"separated": 0.3, "harder": 1.0, "overlapping": 2.0}
 DIM, CENTRES, N_QUERIES, K = 128, 1000, 1000, 10
 
 
