@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from retrieval_app.retrieval.search import ExactIndex, FaissIndex
+from retrieval_app.retrieval.ann import HnswIndex
+from retrieval_app.retrieval.search import ExactIndex
 
 
 def unit_vectors(n: int, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -49,7 +50,7 @@ def main() -> None:
             queries = vectors[rng.choice(n, 100, replace=False)] + 0.05 * unit_vectors(100, "random", rng)
             exact = ExactIndex(vectors)
             start = time.perf_counter()
-            approx = FaissIndex(vectors)
+            approx = HnswIndex.build(vectors)
             build = time.perf_counter() - start
             times = [ms_per_call(lambda index=index, q=q: index.search(q, 10), r) for index in (exact, approx) for q, r in ((queries[:1], 50), (queries, 5))]
             exact_i, _ = exact.search(queries, 10)

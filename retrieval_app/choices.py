@@ -37,7 +37,8 @@ DEFAULT_TRAINING_RUNNER = "process"
 # retrieval/
 PROJECTION_METHODS = ("umap", "pca", "tsne")
 EXPORT_FORMATS = ("npz", "csv", "parquet", "projector")
-SEARCH_BACKENDS = ("auto", "exact", "faiss")
+# retrieval/indexes.py registers each backend; "auto" picks one by the data size.
+SEARCH_BACKENDS = ("auto", "exact", "ivf_flat", "hnsw", "ivf_pq")
 
 # training/presets.py: a preset fills the TrainConfig fields it names (recipes from papers).
 PRESETS = ("facenet",)

@@ -51,10 +51,17 @@ def test_search_json_one_object_per_query(folder, capsys):
 def test_search_table_and_exact_backend(folder, capsys):
     query = folder / "class_00" / "img_001.jpg"
     assert main(["search", str(query), "--gallery", str(folder), "-k", "3", "--backend", "exact"]) == 0
-    out = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
     assert out[0].startswith(str(query)) and "euclidean" in out[0]
     rows = [line.split() for line in out[2:]]
     assert [row[0] for row in rows] == ["1", "2", "3"] and rows[0][3] == "class_00/img_001.jpg"
+    assert "search: exact search" in captured.err  # the backend, on stderr
+    # IVF-Flat on request: its measured recall is reported, the ranking agrees here
+    assert main(["search", str(query), "--gallery", str(folder), "-k", "3", "--backend", "ivf_flat"]) == 0
+    captured = capsys.readouterr()
+    assert "search: IVF-Flat" in captured.err and "recall@10" in captured.err
+    assert [line.split()[3] for line in captured.out.splitlines()[2:]] == [row[3] for row in rows]
 
 
 def test_embed_reports_cache_hits_and_writes_npz(folder, tmp_path, capsys):

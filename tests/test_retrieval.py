@@ -19,7 +19,6 @@ from retrieval_app.errors import RetrievalAppError
 from retrieval_app.networks import create_model
 from retrieval_app.retrieval import (
     ExactIndex,
-    FaissIndex,
     Gallery,
     cached_embeddings,
     compute_projection,
@@ -81,15 +80,20 @@ def test_bad_files_are_reported_not_fatal(folder, net, tmp_path):
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
-def test_faiss_agrees_with_exact_search(distance):
+def test_hnsw_agrees_with_exact_search(distance):
+    from retrieval_app.retrieval.ann import HnswIndex
+
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(3000, 32)).astype(np.float32)
     queries = rng.normal(size=(200, 32)).astype(np.float32)
     exact_i, exact_d = ExactIndex(vectors, distance).search(queries, 10)
-    faiss_i, faiss_d = FaissIndex(vectors, distance).search(queries, 10)
+    index = HnswIndex.build(vectors, distance)
+    faiss_i, faiss_d = index.search(queries, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_i, faiss_i)])
-    assert recall >= 0.99
-    np.testing.assert_allclose(faiss_d[:, 0], exact_d[:, 0], atol=1e-3)
+    assert index.recall >= 0.95 and recall >= 0.93  # efSearch tuned to 0.95 on sampled queries
+    same = faiss_i[:, 0] == exact_i[:, 0]
+    assert same.mean() >= 0.95
+    np.testing.assert_allclose(faiss_d[same, 0], exact_d[same, 0], atol=1e-3)
 
 
 def test_exact_search_excludes_self_and_matches_brute_force():

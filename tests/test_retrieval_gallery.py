@@ -11,7 +11,6 @@ from retrieval_app.data import scan_folder
 from retrieval_app.errors import RetrievalAppError
 from retrieval_app.networks import create_model
 from retrieval_app.retrieval import Gallery, Neighbour
-from retrieval_app.retrieval.search import ExactIndex, FaissIndex
 from synthetic import write_class_folder
 
 
@@ -36,7 +35,7 @@ def test_build_holds_everything_the_ui_needs(gallery, folder):
     assert len(gallery) == 24 and gallery.embeddings.shape == (24, 16) and gallery.embeddings.dtype == np.float32
     assert gallery.classes == scan.classes and gallery.labels.tolist() == scan.labels().tolist()
     assert [r.id for r in gallery.records] == [r.id for r in scan.records]
-    assert gallery.distance == "euclidean" and isinstance(gallery.index, ExactIndex)
+    assert gallery.distance == "euclidean" and gallery.index.backend == "exact"
     assert gallery.failures == [] and gallery.n_computed == 24
 
 
@@ -89,11 +88,11 @@ def test_unknown_id_and_bad_k(gallery):
         gallery.neighbours_of_index(0, 0)
 
 
-def test_cosine_gallery_and_faiss_backend(folder, net, tmp_path):
+def test_cosine_gallery_and_hnsw_backend(folder, net, tmp_path):
     scan = scan_folder(folder)
     exact = Gallery.build(scan, net, distance="cosine", cache_dir=tmp_path, device="cpu", backend="exact")
-    approx = Gallery.build(scan, net, distance="cosine", cache_dir=tmp_path, device="cpu", backend="faiss")
-    assert exact.distance == "cosine" and isinstance(approx.index, FaissIndex)
+    approx = Gallery.build(scan, net, distance="cosine", cache_dir=tmp_path, device="cpu", backend="hnsw")
+    assert exact.distance == "cosine" and approx.index.backend == "hnsw"
     assert approx.n_cached == 24  # same net and folder: read from the cache
     assert [n.index for n in approx.neighbours_of_index(7, 5)] == [n.index for n in exact.neighbours_of_index(7, 5)]
     d = exact.neighbours_of_index(7, 1)[0].distance
@@ -146,3 +145,23 @@ def test_from_features_applies_the_head_to_cached_features_without_the_backbone(
     assert [r.id for r in via_features.records] == [r.id for r in from_images.records]
     np.testing.assert_allclose(via_features.embeddings, from_images.embeddings, atol=1e-5)
     assert via_features.embeddings.shape == (24, 16)
+
+
+def test_the_index_is_saved_and_updated_with_the_folder(folder, net, tmp_path):
+    import shutil
+
+    copy = tmp_path / "images"
+    shutil.copytree(folder, copy)
+    cache = tmp_path / "cache"
+    first = Gallery.build(scan_folder(copy), net, cache_dir=cache, device="cpu")
+    assert first.index_report.action == "built" and first.index_summary().startswith("search: exact search")
+    again = Gallery.build(scan_folder(copy), net, cache_dir=cache, device="cpu")
+    assert again.index_report.action == "loaded" and "loaded from its saved copy" in again.index_summary()
+    shutil.copy(copy / "class_00" / "img_000.jpg", copy / "class_01" / "added.jpg")
+    (copy / "class_02" / "img_001.jpg").unlink()
+    updated = Gallery.build(scan_folder(copy), net, cache_dir=cache, device="cpu")
+    report = updated.index_report
+    assert (report.action, report.added, report.removed) == ("updated", 1, 1)
+    fresh = Gallery.from_embeddings(copy, updated.records, updated.classes, updated.embeddings)
+    for i in range(len(updated)):
+        assert [n.index for n in updated.neighbours_of_index(i, 5)] == [n.index for n in fresh.neighbours_of_index(i, 5)]

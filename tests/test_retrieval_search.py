@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from retrieval_app.errors import RetrievalAppError
-from retrieval_app.retrieval import search
-from retrieval_app.retrieval.search import ExactIndex, FaissIndex, build_index, search_distance
+from retrieval_app.retrieval import indexes, search
+from retrieval_app.retrieval.ann import HnswIndex, IvfIndex
+from retrieval_app.retrieval.search import ExactIndex, build_index, search_distance
 
 
 def brute_force(vectors, queries, distance):
@@ -76,40 +77,48 @@ def test_k_is_capped_and_validated():
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
-def test_faiss_agrees_with_exact_search(distance):
-    vectors = clustered(4000, 48, seed=3)
-    queries = clustered(300, 48, seed=4)
+def test_hnsw_agrees_with_exact_search(distance):
+    data = clustered(4300, 48, seed=3)  # held-out queries of the gallery's kind (same clusters)
+    vectors, queries = data[:4000], data[4000:]
     exact_i, exact_d = ExactIndex(vectors, distance).search(queries, 10)
-    faiss_i, faiss_d = FaissIndex(vectors, distance).search(queries, 10)
+    index = HnswIndex.build(vectors, distance)
+    faiss_i, faiss_d = index.search(queries, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_i, faiss_i)])
-    assert recall >= 0.99
+    # efSearch is tuned until the recall measured at build reaches 0.95; other queries agree
+    assert index.recall >= 0.95 and recall >= 0.93 and abs(recall - index.recall) <= 0.04
     np.testing.assert_allclose(faiss_d[:, 0], exact_d[:, 0], atol=1e-3)
     assert np.all(np.diff(faiss_d, axis=1) >= -1e-6)  # nearest first
 
 
-def test_faiss_agrees_on_unstructured_small_sets():
+def test_hnsw_agrees_on_unstructured_small_sets():
     rng = np.random.default_rng(5)
     vectors = rng.normal(size=(3000, 32)).astype(np.float32)
     queries = rng.normal(size=(200, 32)).astype(np.float32)
     exact_i, _ = ExactIndex(vectors).search(queries, 10)
-    faiss_i, _ = FaissIndex(vectors).search(queries, 10)
-    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_i, faiss_i)]) >= 0.99
+    index = HnswIndex.build(vectors)
+    faiss_i, _ = index.search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_i, faiss_i)])
+    assert index.recall >= 0.95 and recall >= 0.93 and abs(recall - index.recall) <= 0.04
 
 
-def test_faiss_excludes_the_query_itself():
+def test_hnsw_excludes_the_query_itself():
     vectors = clustered(800, 16, seed=6)
     exact = ExactIndex(vectors).search(vectors[:20], 5, exclude=np.arange(20))
-    approx = FaissIndex(vectors).search(vectors[:20], 5, exclude=np.arange(20))
+    approx = HnswIndex.build(vectors).search(vectors[:20], 5, exclude=np.arange(20))
     assert not np.any(approx[0] == np.arange(20)[:, None])
     np.testing.assert_array_equal(approx[0], exact[0])
 
 
 def test_auto_backend_switches_at_the_threshold(monkeypatch):
-    vectors = clustered(300, 8, seed=7)
+    vectors = clustered(3000, 8, seed=7)
     assert isinstance(build_index(vectors), ExactIndex)
-    monkeypatch.setattr(search, "FAISS_THRESHOLD", 100)
-    assert isinstance(build_index(vectors), FaissIndex)
+    monkeypatch.setattr(indexes, "EXACT_MAX_VECTORS", 1000)
+    auto = build_index(vectors)
+    assert isinstance(auto, IvfIndex) and auto.backend == "ivf_flat"
+    monkeypatch.setattr(indexes, "memory_bytes", lambda: 3000 * 8 * 4)  # the vectors would fill all of it
+    assert build_index(vectors).backend == "ivf_pq"
     assert isinstance(build_index(vectors, backend="exact"), ExactIndex)
+    assert isinstance(build_index(vectors, backend="hnsw"), HnswIndex)
     with pytest.raises(RetrievalAppError, match="backend"):
         build_index(vectors, backend="annoy")
 
@@ -119,13 +128,15 @@ def test_missing_faiss_falls_back_with_a_note(monkeypatch, caplog):
         raise ImportError("No module named 'faiss'")
 
     monkeypatch.setattr(search, "import_faiss", no_faiss)
-    monkeypatch.setattr(search, "FAISS_THRESHOLD", 10)
+    monkeypatch.setattr(indexes, "EXACT_MAX_VECTORS", 10)
     vectors = clustered(50, 4, seed=8)
-    with caplog.at_level(logging.INFO, logger="retrieval_app.retrieval.search"):
-        assert isinstance(build_index(vectors, backend="auto"), ExactIndex)
+    with caplog.at_level(logging.INFO, logger="retrieval_app.retrieval.indexes"):
+        index = build_index(vectors, backend="auto")
+    assert isinstance(index, ExactIndex) and index.precision == "float32"
     assert "faiss is not installed" in caplog.text
-    with pytest.raises(RetrievalAppError, match="pip install"):
-        build_index(vectors, backend="faiss")
+    for name in ("ivf_flat", "hnsw", "ivf_pq"):
+        with pytest.raises(RetrievalAppError, match="pip install"):
+            build_index(vectors, backend=name)
 
 
 def test_training_distances_map_to_search_distances():

@@ -65,9 +65,9 @@ def load_network(args: argparse.Namespace, device):
     return net.eval().to(device)
 
 
-def build_gallery(folder: str, args: argparse.Namespace, *, quiet: bool = False):
+def build_gallery(folder: str, args: argparse.Namespace, *, quiet: bool = False, backend: str = "auto"):
     """Scan, load the model, embed (cached) with a progress bar, then report every file
-    left out; returns (scan, gallery)."""
+    left out; returns (scan, gallery). `backend`: the search index (`choices.SEARCH_BACKENDS`)."""
     from tqdm import tqdm
 
     from ..device import select_device
@@ -84,7 +84,7 @@ def build_gallery(folder: str, args: argparse.Namespace, *, quiet: bool = False)
             bar.n = done
             bar.refresh()
 
-        gallery = Gallery.build(scan, net, distance=checkpoint_distance(args.model), progress=progress, device=device, batch_size=args.batch_size)
+        gallery = Gallery.build(scan, net, distance=checkpoint_distance(args.model), progress=progress, device=device, batch_size=args.batch_size, backend=backend)
     report_left_out(scan, gallery.failures)
     return scan, gallery
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..choices import SEARCH_BACKENDS
@@ -23,7 +24,7 @@ def register(subparsers) -> None:
     parser.add_argument("--gallery", required=True, metavar="FOLDER", help="a folder of class sub-folders, or of images without labels")
     add_model_arguments(parser)
     parser.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
-    parser.add_argument("--backend", default="auto", choices=SEARCH_BACKENDS, help="exact search, FAISS, or auto (FAISS for large galleries)")
+    parser.add_argument("--backend", default="auto", choices=SEARCH_BACKENDS, help="the index: exact, ivf_flat, hnsw, ivf_pq (FAISS), or auto (exact below 50,000 images, IVF-Flat above); saved beside the embedding cache")
     parser.add_argument("--json", action="store_true", help="one JSON object per query per line: {query, neighbours: [{id, path, label, distance}]}")
     parser.add_argument("--reject-unknown", action="store_true", help="open-set identification: name each query's identity (its nearest image's class), or 'unknown' when that image is farther than the threshold (default: the calibration's open-set threshold at false-alarm rate 0.01)")
     add_threshold_arguments(parser, far_help="with --reject-unknown: the calibration's open-set threshold at this false-alarm rate (0.001, 0.01 or 0.1)")
@@ -31,16 +32,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..retrieval.search import build_index
-
     if args.k < 1:
         raise RetrievalAppError(f"-k must be at least 1, not {args.k}")
     for query in args.queries:
         if not Path(query).is_file():
             raise RetrievalAppError(f"query image {query} does not exist")
-    _, gallery = build_gallery(args.gallery, args, quiet=args.json)
-    if args.backend != "auto":
-        gallery.index = build_index(gallery.embeddings, gallery.distance, args.backend)
+    _, gallery = build_gallery(args.gallery, args, quiet=args.json, backend=args.backend)
+    print(gallery.index_summary(), file=sys.stderr)  # the backend and its measured recall; stdout stays clean
     vectors = gallery.embed_images(args.queries)
     results = gallery.neighbours_of_vectors(vectors, args.k)
     identities = identify_queries(args, gallery, vectors) if args.reject_unknown else [None] * len(results)

@@ -8,10 +8,11 @@ from .embed import EmbeddingCancelled, EmbeddingResult, embed_images, embed_reco
 from .export import FORMATS, export_embeddings, export_map_html, map_figure
 from .gallery import Gallery, Neighbour
 from .projection import METHODS, Projection, compute_projection
-from .search import BACKENDS, ExactIndex, FaissIndex, NearestNeighbourIndex, build_index
+from .index_store import IndexReport, open_index
+from .search import BACKENDS, ExactIndex, NearestNeighbourIndex, build_index
 
 __all__ = [
-    "BACKENDS", "EmbeddingCancelled", "EmbeddingResult", "ExactIndex", "FORMATS", "FaissIndex", "Gallery", "METHODS",
+    "BACKENDS", "EmbeddingCancelled", "EmbeddingResult", "ExactIndex", "FORMATS", "Gallery", "IndexReport", "METHODS",
     "NearestNeighbourIndex", "Neighbour", "Projection", "build_index", "cached_embeddings", "compute_projection",
-    "embed_images", "embed_records", "export_embeddings", "export_map_html", "map_figure",
+    "embed_images", "embed_records", "export_embeddings", "export_map_html", "map_figure", "open_index",
 ]

@@ -14,9 +14,10 @@ import numpy as np
 
 from ..data.scan import UNLABELLED, ImageRecord, ScanResult
 from ..errors import RetrievalAppError
-from .cache import cached_embeddings
+from .cache import cached_embeddings, store_dir
 from .embed import ProgressFn, embed_images, embeddings_from_features
-from .search import NearestNeighbourIndex, build_index, normalise_rows, search_distance
+from .index_store import IndexReport, open_index
+from .search import NearestNeighbourIndex, normalise_rows, search_distance
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Gallery:
     n_computed: int = 0
     n_removed: int = 0
     device: object = None
+    index_report: IndexReport | None = None
     _position: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
     _groups: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -77,7 +79,9 @@ class Gallery:
     ) -> "Gallery":
         """Embed `scan`'s images with `net` (through the cache) and index them. `distance`
         is the one the model was trained with (`checkpoint_distance`); images that
-        cannot be read are left out and listed in `failures`.
+        cannot be read are left out and listed in `failures`. The index (`backend`, see
+        `indexes.py`) is saved beside the embedding cache and updated there when images
+        are added, changed or removed (`index_store.py`; `index_report` says what happened).
 
         `from_features`: for a head on a frozen pretrained backbone (quick mode). The
         backbone's pooled features come from the feature cache that training filled
@@ -89,24 +93,33 @@ class Gallery:
         if len(ok) == 0:
             raise RetrievalAppError(f"none of the {len(scan.records)} images in {scan.root} could be embedded")
         vectors = embeddings_from_features(net, result.embeddings[ok], device=device) if from_features else result.embeddings[ok]
-        gallery = cls.from_embeddings(scan.root, [scan.records[i] for i in ok], scan.classes, vectors, distance=distance, net=net, backend=backend, device=device)
+        # Keyed by the whole network (head included), beside the embedding cache.
+        index_dir = store_dir(net, scan.root, "embeddings", cache_dir) / "index"
+        gallery = cls.from_embeddings(scan.root, [scan.records[i] for i in ok], scan.classes, vectors, distance=distance, net=net, backend=backend, device=device, index_dir=index_dir)
         gallery.failures = result.failures
         gallery.n_cached, gallery.n_computed, gallery.n_removed = result.n_cached, result.n_computed, result.n_removed
         return gallery
 
     @classmethod
-    def from_embeddings(cls, root: str | Path, records: Sequence[ImageRecord], classes: Sequence[str], embeddings: np.ndarray, *, distance: str = "euclidean", net=None, backend: str = "auto", device=None) -> "Gallery":
+    def from_embeddings(cls, root: str | Path, records: Sequence[ImageRecord], classes: Sequence[str], embeddings: np.ndarray, *, distance: str = "euclidean", net=None, backend: str = "auto", device=None, index_dir: str | Path | None = None) -> "Gallery":
         """A gallery over vectors computed elsewhere (`net` is needed only to embed
-        query images)."""
+        query images). With `index_dir`, the index is kept there (see `build`)."""
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         if len(records) != len(embeddings):
             raise RetrievalAppError(f"{len(records)} records but {len(embeddings)} embeddings")
         metric = search_distance(distance)
+        index, report = open_index(index_dir, [r.id for r in records], embeddings, metric, backend)
         return cls(
             root=Path(root), records=list(records), classes=list(classes), embeddings=embeddings,
             labels=np.asarray([r.label for r in records], dtype=np.int64), distance=metric, net=net,
-            index=build_index(embeddings, metric, backend), device=device,
+            index=index, device=device, index_report=report,
         )
+
+    def index_summary(self) -> str:
+        """One line for people: how neighbours are searched, the measured recall, and
+        whether the index was built, loaded or updated."""
+        line = f"search: {self.index.describe()}"
+        return f"{line}; {self.index_report.describe()}" if self.index_report is not None else line
 
     def __len__(self) -> int:
         return len(self.records)

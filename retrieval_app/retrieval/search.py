@@ -1,15 +1,28 @@
-"""k-nearest-neighbour indexes over an (N, D) gallery of embeddings.
+"""k-nearest-neighbour search over an (N, D) gallery of embeddings: the interface every
+index backend implements, and exact search.
 
-`ExactIndex` (chunked matrix products, then exact distances for the k kept) is the
-default and is exact. `FaissIndex` (optional extra `retrieval-app[faiss]`, imported only
-when used) is chosen automatically from `FAISS_THRESHOLD` vectors, where an exact query
-starts to cost milliseconds. Both rank by the distance the model was trained with:
-Euclidean, or cosine (1 − cos; computed as an inner product of normalised vectors)."""
+Every index holds `size` vectors, each under an int64 *label* it was given (a fresh
+build labels the vectors 0..N-1, so labels are positions; a saved index keeps the labels
+of its vectors across incremental updates, see `index_store.py`). `search` returns labels
+and distances, nearest first, ties by label.
+
+`ExactIndex` is exact. For one query at a time a search is a pass over all the vectors,
+so its speed is the machine's memory bandwidth: with FAISS installed it scans a float16
+copy (half the bytes) and re-ranks the best candidates with the float32 vectors, and a
+bound on the float16 rounding error proves that the re-ranked top k is the exact top k
+(a query without that proof is answered from float32, so results never differ). Many
+queries at once go through float32 matrix products instead (compute-bound there: the
+pass over memory is shared by the block of queries).
+
+Both distances: Euclidean, or cosine (1 − cos; an inner product of normalised vectors).
+The approximate backends live in `ann.py`, the registry that chooses among them in
+`indexes.py`."""
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -20,10 +33,16 @@ log = logging.getLogger(__name__)
 
 BACKENDS = SEARCH_BACKENDS
 SEARCH_DISTANCES = ("euclidean", "cosine")
-FAISS_THRESHOLD = 50_000  # "auto" switches to FAISS from this many vectors
 # Distance matrix entries computed at once by the exact search (64 MB of float32): keeps
 # memory flat whatever the number of queries and the gallery size.
 EXACT_BLOCK_ENTRIES = 16 * 1024 * 1024
+# Up to this many queries in one call, exact search scans float16 (bandwidth-bound);
+# from there on a block of queries shares each pass, and float32 BLAS is faster.
+FP16_MAX_QUERIES = 8
+# Candidates re-ranked in float32 per wanted neighbour: the float16 pass keeps the best
+# RERANK_FACTOR · k, enough for the error bound to prove the top k almost always.
+RERANK_FACTOR = 4
+FP16_MAX_ABS = 60000.0  # float16 overflows at 65504: larger values search in float32
 FAISS_INSTALL_HINT = "FAISS is not installed: pip install 'retrieval-app[faiss]' (or use the exact backend)"
 
 
@@ -41,17 +60,51 @@ def normalise_rows(x: np.ndarray) -> np.ndarray:
 
 
 class NearestNeighbourIndex(ABC):
-    """A searchable gallery: `size` vectors of `dim` dimensions, ranked by `distance`."""
+    """A searchable set of `size` labelled vectors of `dim` dimensions, ranked by `distance`.
 
+    `backend` names the registry entry; `recall` is the recall@10 against exact search
+    measured when the index was built or last updated (1.0 for exact search); `params`
+    the parameters it was built and is searched with."""
+
+    backend: str = ""
     distance: str
-    size: int
     dim: int
+    recall: float = 1.0
+    params: dict
+
+    @property
+    @abstractmethod
+    def size(self) -> int:
+        """Vectors that a search can return."""
 
     @abstractmethod
     def search(self, queries: np.ndarray, k: int, *, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """`(indices, distances)`, each (M, k') with k' = min(k, what is available),
-        nearest first. `exclude[i]` is a gallery index query i must not return (the
-        query itself when it is a gallery item), or -1 for none."""
+        """`(labels, distances)`, each (M, k') with k' = min(k, what is available),
+        nearest first. `exclude[i]` is a label query i must not return (the query
+        itself when it is in the index), or -1 for none."""
+
+    def add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
+        """Insert vectors under new labels."""
+        raise RetrievalAppError(f"the {self.backend} index cannot be updated")
+
+    def remove(self, labels: np.ndarray) -> None:
+        """Drop the vectors with these labels."""
+        raise RetrievalAppError(f"the {self.backend} index cannot be updated")
+
+    def needs_rebuild(self) -> bool:
+        """True when updates have degraded the index enough that a fresh build pays."""
+        return False
+
+    def calibrate(self, vectors: np.ndarray, labels: np.ndarray) -> None:
+        """Re-tune the search-time parameter on the indexed `vectors` (exact: nothing to tune)."""
+
+    def describe(self) -> str:
+        """One line for people: the backend, its parameters and measured recall."""
+        return self.backend
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays that `indexes.restore_index` turns back into this index."""
+        raise NotImplementedError
 
     def _check_queries(self, queries: np.ndarray, k: int, exclude: np.ndarray | None) -> tuple[np.ndarray, int, np.ndarray | None]:
         """Queries as contiguous float32 (M, dim), the k that can be served, exclude as int64."""
@@ -71,45 +124,142 @@ class NearestNeighbourIndex(ABC):
         return queries, k, exclude
 
 
-def _check_distance(distance: str) -> str:
+def check_distance(distance: str) -> str:
     if distance not in SEARCH_DISTANCES:
         raise RetrievalAppError(f"search distance must be one of {', '.join(SEARCH_DISTANCES)}, not {distance!r}")
     return distance
 
 
-def _check_vectors(vectors: np.ndarray) -> np.ndarray:
+def check_vectors(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
+    """Contiguous float32 (N, D), finite; N may be 0 only when `dim` is given (an update)."""
     vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
-    if vectors.ndim != 2 or len(vectors) == 0:
+    if vectors.ndim != 2 or (len(vectors) == 0 and dim is None):
         raise RetrievalAppError(f"an index needs a non-empty (N, D) array of vectors, got shape {vectors.shape}")
+    if dim is not None and vectors.shape[1] != dim:
+        raise RetrievalAppError(f"vectors have {vectors.shape[1]} dimensions; this index holds {dim}-dimensional ones")
     if not np.isfinite(vectors).all():
         raise RetrievalAppError("the gallery embeddings contain NaN or infinite values")
     return vectors
 
 
+def check_labels(labels: np.ndarray | None, n: int) -> np.ndarray:
+    if labels is None:
+        return np.arange(n, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(labels) != n:
+        raise RetrievalAppError(f"{len(labels)} labels for {n} vectors")
+    return labels
+
+
+def sort_by_distance(labels: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row nearest first, ties by label (so equal inputs give equal outputs)."""
+    order = np.lexsort((labels, distances), axis=1)
+    return np.take_along_axis(labels, order, axis=1), np.take_along_axis(distances, order, axis=1)
+
+
 class ExactIndex(NearestNeighbourIndex):
-    """Brute force: a matrix product per block of queries, a partial sort for the top k,
-    then the exact distances of those k (the expanded form |q|² − 2q·x + |x|² loses
-    precision near 0, so a gallery image queried by itself would not come out at 0)."""
+    """Brute force. Candidates come from a matrix product per block of queries (or, for a
+    few queries, from the float16 scan), then the exact distances of the candidates are
+    computed from the float32 vectors (the expanded form |q|² − 2q·x + |x|² loses
+    precision near 0, so a gallery image queried by itself would not come out at 0).
 
-    def __init__(self, vectors: np.ndarray, distance: str = "euclidean") -> None:
-        self.distance = _check_distance(distance)
-        vectors = _check_vectors(vectors)
+    `precision`: "float16" scans a float16 copy for up to `FP16_MAX_QUERIES` queries
+    (needs FAISS, whose scan converts float16 in SIMD registers; NumPy has no float16
+    matrix product), "float32" never does, "auto" = float16 when FAISS is there and the
+    values fit."""
+
+    backend = "exact"
+
+    def __init__(self, vectors: np.ndarray, distance: str = "euclidean", labels: np.ndarray | None = None, *, precision: str = "auto") -> None:
+        self.distance = check_distance(distance)
+        vectors = check_vectors(vectors)
         self.vectors = np.ascontiguousarray(normalise_rows(vectors)) if distance == "cosine" else vectors
-        self.squared_norms = np.einsum("ij,ij->i", self.vectors, self.vectors)
-        self.size, self.dim = self.vectors.shape
+        self.labels = check_labels(labels, len(vectors))
+        self.dim = self.vectors.shape[1]
+        if precision not in ("auto", "float16", "float32"):
+            raise RetrievalAppError(f"precision must be auto, float16 or float32, not {precision!r}")
+        self.requested_precision = precision
+        self._derive()
 
+    def _derive(self) -> None:
+        """What follows from the vectors: norms, the label lookup, the float16 scan (lazily)."""
+        self.squared_norms = np.einsum("ij,ij->i", self.vectors, self.vectors)
+        self._rows_of = None
+        self._scan = None
+        self.precision = self._choose_precision()
+
+    def _choose_precision(self) -> str:
+        if self.requested_precision == "float32":
+            return "float32"
+        fits = len(self.vectors) == 0 or float(np.abs(self.vectors).max()) < FP16_MAX_ABS
+        if self.requested_precision == "float16" and not fits:
+            raise RetrievalAppError(f"these vectors hold values beyond float16's range (±{FP16_MAX_ABS:g}); use precision='float32'")
+        if not fits or not faiss_available():
+            if self.requested_precision == "float16":
+                raise RetrievalAppError(FAISS_INSTALL_HINT)
+            return "float32"
+        return "float16"
+
+    @property
+    def size(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def params(self) -> dict:
+        return {"precision": self.precision}
+
+    def describe(self) -> str:
+        scan = "float16 scan + float32 re-rank" if self.precision == "float16" else "float32"
+        return f"exact search ({scan})"
+
+    # ------------------------------------------------------------------ updates
+    def add(self, vectors, labels):
+        vectors = check_vectors(vectors, self.dim)
+        if self.distance == "cosine":
+            vectors = normalise_rows(vectors)
+        self.vectors = np.ascontiguousarray(np.concatenate([self.vectors, vectors]))
+        self.labels = np.concatenate([self.labels, check_labels(labels, len(vectors))])
+        self._derive()
+
+    def remove(self, labels):
+        keep = ~np.isin(self.labels, np.asarray(labels, dtype=np.int64))
+        self.vectors, self.labels = np.ascontiguousarray(self.vectors[keep]), self.labels[keep]
+        self._derive()
+
+    def state(self):
+        return {"vectors": self.vectors, "labels": self.labels, "precision": np.str_(self.requested_precision)}
+
+    @classmethod
+    def from_state(cls, state: dict, distance: str) -> "ExactIndex":
+        return cls(state["vectors"], distance, state["labels"], precision=str(state["precision"]))
+
+    # ------------------------------------------------------------------ search
     def search(self, queries, k, *, exclude=None):
         queries, k, exclude = self._check_queries(queries, k, exclude)
-        indices = np.zeros((len(queries), k), dtype=np.int64)
+        rows_out = np.zeros((len(queries), k), dtype=np.int64)
         distances = np.zeros((len(queries), k), dtype=np.float32)
         if k == 0:
-            return indices, distances
-        block = max(1, EXACT_BLOCK_ENTRIES // self.size)
-        for start in range(0, len(queries), block):
-            rows = slice(start, start + block)
-            own = None if exclude is None else exclude[rows]
-            indices[rows], distances[rows] = self._search_block(queries[rows], k, own)
-        return indices, distances
+            return rows_out, distances
+        own = None if exclude is None else self._rows_of_labels(exclude)
+        todo = np.arange(len(queries))
+        if self.precision == "float16" and len(queries) <= FP16_MAX_QUERIES:
+            proven, rows, dist = self._search_fp16(queries, k, own)
+            rows_out[proven], distances[proven] = rows, dist
+            todo = np.flatnonzero(~proven)
+        block = max(1, EXACT_BLOCK_ENTRIES // max(self.size, 1))
+        for start in range(0, len(todo), block):
+            part = todo[start:start + block]
+            rows_out[part], distances[part] = self._search_block(queries[part], k, None if own is None else own[part])
+        return sort_by_distance(self.labels[rows_out], distances)
+
+    def _rows_of_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Row of each label (−1: not in the index, or −1 given)."""
+        if self._rows_of is None:  # labels are small non-negative ints: an array lookup
+            self._rows_of = np.full(int(self.labels.max()) + 2 if len(self.labels) else 1, -1, dtype=np.int64)
+            self._rows_of[self.labels] = np.arange(len(self.labels))
+        labels = np.asarray(labels, dtype=np.int64)
+        inside = (labels >= 0) & (labels < len(self._rows_of) - 1)
+        return np.where(inside, self._rows_of[np.where(inside, labels, len(self._rows_of) - 1)], -1)
 
     def _search_block(self, queries: np.ndarray, k: int, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         scores = self._ranking_scores(queries)
@@ -118,8 +268,14 @@ class ExactIndex(NearestNeighbourIndex):
             scores[np.flatnonzero(valid), exclude[valid]] = np.inf
         candidates = np.argpartition(scores, k - 1, axis=1)[:, :k] if k < self.size else np.tile(np.arange(self.size), (len(queries), 1))
         exact = self._exact_distances(queries, candidates)
-        order = np.lexsort((candidates, exact), axis=1)  # by distance, ties by index
-        return np.take_along_axis(candidates, order, axis=1), np.take_along_axis(exact, order, axis=1)
+        if exclude is not None:  # k == size - 1: the excluded row is among the candidates
+            exact[candidates == exclude[:, None]] = np.inf
+        return self._best(candidates, exact, k)
+
+    def _best(self, rows: np.ndarray, exact: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest of each row's candidates, ties by label."""
+        order = np.lexsort((self.labels[rows], exact), axis=1)[:, :k]
+        return np.take_along_axis(rows, order, axis=1), np.take_along_axis(exact, order, axis=1)
 
     def _ranking_scores(self, queries: np.ndarray) -> np.ndarray:
         """Monotone in the distance: −q·x for cosine, |x|² − 2q·x for Euclidean."""
@@ -136,51 +292,51 @@ class ExactIndex(NearestNeighbourIndex):
             return np.clip(1.0 - np.einsum("md,mkd->mk", queries, chosen), 0.0, 2.0).astype(np.float32)
         return np.linalg.norm(chosen - queries[:, None, :], axis=2).astype(np.float32)
 
+    # ------------------------------------------------------------------ float16
+    def _search_fp16(self, queries: np.ndarray, k: int, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(proven mask, rows, distances): the float16 pass keeps R candidates, the float32
+        re-rank orders them, and the top k is proven exact when its k-th distance is below
+        what any vector outside the candidates can reach.
 
-class FaissIndex(NearestNeighbourIndex):
-    """FAISS HNSW graph (M=32) over L2, or inner product on normalised vectors for cosine.
+        The bound: x̃ = float16(x) differs from x by at most e = max‖x − x̃‖ (measured when
+        the copy is made), so by the triangle inequality (and |q·e| ≤ ‖q‖e = e for a unit
+        query in the cosine case) the true distance of any vector is at least its float16
+        distance minus e. Every vector outside the candidates has a float16 distance ≥ the
+        R-th candidate's, d̃_R; if the k-th re-ranked distance is < d̃_R − e (minus a
+        float32 rounding allowance) none of them can enter the top k."""
+        scan, max_error = self._fp16_scan()
+        r = min(self.size, RERANK_FACTOR * k + 1)
+        with single_query_threads(import_faiss(), len(queries)):
+            raw, rows = scan.search(queries, r)
+        approx = np.clip(1.0 - raw, 0.0, 2.0) if self.distance == "cosine" else np.sqrt(np.maximum(raw, 0.0))
+        rows = np.where(rows < 0, 0, rows)  # never happens with r ≤ size; keeps indexing safe
+        exact = self._exact_distances(queries, rows)
+        if exclude is not None:
+            exact[rows == exclude[:, None]] = np.inf
+        best_rows, best = self._best(rows, exact, k)
+        kth = best[:, -1]
+        threshold = approx[:, -1] - max_error - 1e-5 * (1.0 + approx[:, -1])
+        proven = (kth < threshold) | (r == self.size)
+        return proven, best_rows[proven], best[proven]
 
-    Why HNSW: it needs no training and is robust on small and odd sets, where IVF lists
-    lose recall (measured: IVF-Flat, nlist 4·√N, nprobe 64 reached 0.78 top-10 recall on
-    3,000 random vectors, HNSW 1.00). With efConstruction 80 and efSearch 256 (at least
-    4·k), on 100k clustered 128-d vectors: build 5 s, 0.2 ms per query, recall@10 1.00;
-    on 100k random unit vectors (the worst case, no structure) 0.86."""
-
-    def __init__(self, vectors: np.ndarray, distance: str = "euclidean", *, m: int = 32, ef_construction: int = 80, ef_search: int = 256) -> None:
-        faiss = import_faiss()
-        self.distance = _check_distance(distance)
-        vectors = _check_vectors(vectors)
-        if distance == "cosine":
-            vectors = np.ascontiguousarray(normalise_rows(vectors))
-        self.size, self.dim = vectors.shape
-        metric = faiss.METRIC_INNER_PRODUCT if distance == "cosine" else faiss.METRIC_L2
-        self.index = faiss.IndexHNSWFlat(self.dim, m, metric)
-        self.index.hnsw.efConstruction = ef_construction
-        self.ef_search = ef_search
-        self.index.add(vectors)
-
-    def search(self, queries, k, *, exclude=None):
-        queries, k, exclude = self._check_queries(queries, k, exclude)
-        if k == 0:
-            return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
-        extra = 0 if exclude is None else 1
-        wanted = min(k + extra, self.size)
-        self.index.hnsw.efSearch = max(self.ef_search, 4 * wanted)
-        raw_d, raw_i = self.index.search(queries, wanted)
-        raw_d = np.clip(1.0 - raw_d, 0.0, 2.0) if self.distance == "cosine" else np.sqrt(np.clip(raw_d, 0.0, None))
-        indices, distances, short = _drop_excluded(raw_i, raw_d.astype(np.float32), exclude, k)
-        if short.any():  # rare: the graph search returned too few; answer those exactly
-            own = None if exclude is None else exclude[short]
-            indices[short], distances[short] = self._exact_fallback().search(queries[short], k, exclude=own)
-        return indices, distances
-
-    def _exact_fallback(self) -> ExactIndex:
-        if getattr(self, "_exact", None) is None:
-            self._exact = ExactIndex(self.index.reconstruct_n(0, self.size), self.distance)
-        return self._exact
+    def _fp16_scan(self):
+        """The float16 copy (a FAISS scalar-quantizer index, made on first use) and its
+        largest rounding error ‖x − x̃‖ over the rows."""
+        if self._scan is None:
+            faiss = import_faiss()
+            metric = faiss.METRIC_INNER_PRODUCT if self.distance == "cosine" else faiss.METRIC_L2
+            scan = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, metric)
+            scan.add(self.vectors)
+            max_error = 0.0
+            for start in range(0, self.size, 65536):  # bounded temporary memory
+                stop = min(start + 65536, self.size)
+                error = scan.reconstruct_n(start, stop - start) - self.vectors[start:stop]
+                max_error = max(max_error, float(np.sqrt(np.einsum("ij,ij->i", error, error).max())))
+            self._scan = (scan, max_error * 1.0001)
+        return self._scan
 
 
-def _drop_excluded(raw_i: np.ndarray, raw_d: np.ndarray, exclude: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def drop_excluded(raw_i: np.ndarray, raw_d: np.ndarray, exclude: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each row's first k results that are real (FAISS pads with -1) and not excluded,
     and a mask of the rows that have fewer than k such results."""
     keep = raw_i >= 0
@@ -193,6 +349,23 @@ def _drop_excluded(raw_i: np.ndarray, raw_d: np.ndarray, exclude: np.ndarray | N
         indices[row] = raw_i[row][keep[row]][:k]
         distances[row] = raw_d[row][keep[row]][:k]
     return indices, distances, short
+
+
+@contextmanager
+def single_query_threads(faiss, n_queries: int):
+    """FAISS calls for a few queries run on one OpenMP thread: FAISS splits the work by
+    query, so more threads only wait at the region's barrier, and on a busy machine that
+    wait measured 2–3× the search (OpenMP's thread count is a per-calling-thread setting,
+    so other threads' searches are unaffected)."""
+    if n_queries > FP16_MAX_QUERIES:
+        yield
+        return
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
 
 
 def import_faiss():
@@ -211,16 +384,7 @@ def faiss_available() -> bool:
 
 
 def build_index(vectors: np.ndarray, distance: str = "euclidean", backend: str = "auto") -> NearestNeighbourIndex:
-    """`exact`, `faiss`, or `auto`: FAISS from `FAISS_THRESHOLD` vectors when it is
-    installed, exact search otherwise (with a logged note when FAISS would have helped)."""
-    if backend not in BACKENDS:
-        raise RetrievalAppError(f"search backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    want_faiss = backend == "faiss" or (backend == "auto" and len(vectors) >= FAISS_THRESHOLD)
-    if want_faiss:
-        try:
-            return FaissIndex(vectors, distance)
-        except ImportError:
-            if backend == "faiss":
-                raise RetrievalAppError(FAISS_INSTALL_HINT) from None
-            log.info("faiss is not installed; exact search over %d vectors (pip install 'retrieval-app[faiss]' for faster queries)", len(vectors))
-    return ExactIndex(vectors, distance)
+    """An index over `vectors` labelled by position (see `indexes.build_index`)."""
+    from .indexes import build_index as build  # noqa: PLC0415 - the registry imports this module
+
+    return build(vectors, distance, backend)

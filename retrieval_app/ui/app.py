@@ -114,6 +114,7 @@ def _scan_summary(state: SessionState) -> str:
         listed = "; ".join(f"{md_escape(p)}: {md_escape(r)}" for p, r in skipped[:20])
         lines.append(f"**Skipped {plural(len(skipped), 'file')}:** {listed}" + (" …" if len(skipped) > 20 else ""))
     lines += [f"⚠ {md_escape(w)}" for w in scan.warnings]
+    lines.append(md_escape(g.index_summary()))  # the search backend and its measured recall
     return "\n\n".join(lines)
 
 
