@@ -171,3 +171,32 @@ def test_find_by_id_file_name_or_part(gallery):
     assert find_images(gallery, "nothing-like-it") == []
     with pytest.raises(RetrievalAppError):
         find_images(gallery, "  ")
+
+
+# ------------------------------------------------------- the map's payload
+def test_map_payload_colours_and_legend_for_many_classes():
+    import json
+
+    from retrieval_app.ui.plot import colouring_json, decode_colouring, map_payload
+
+    classes = [f"person_{i}" for i in range(40, 0, -1)]
+    labels = np.arange(80) % 40
+    coords = np.random.default_rng(0).normal(size=(80, 2)).astype(np.float32)
+    ids = [f"{classes[label]}/{i}.png" for i, label in enumerate(labels)]
+    payload = json.loads(map_payload(coords, labels, classes, ids, revision="r"))
+    colours = [c["colour"] for c in payload["classes"]]
+    assert len(set(colours)) == 40 and colours == class_colours(40)
+    few = json.loads(map_payload(coords[:4], labels[:4] % 2, classes[:2], ids[:4], revision="r"))
+    # > 20 classes: a grid of legend columns below the map, which grows to hold it
+    assert payload["layout"]["legend"]["orientation"] == "h" and "orientation" not in few["layout"]["legend"]
+    assert payload["layout"]["height"] > few["layout"]["height"]
+
+    values = np.linspace(0, 1, 80, dtype=np.float32)
+    colouring = decode_colouring(colouring_json(coords, "r", "agreement", values, title="t"))
+    assert colouring["key"] == payload["key"] and colouring["mode"] == "agreement"
+    assert np.array_equal(colouring["values"], values)
+    assert decode_colouring(colouring_json(coords, "r", "class"))["values"] is None
+    with pytest.raises(ValueError):
+        colouring_json(coords, "r", "agreement", values[:5])
+    with pytest.raises(ValueError):
+        colouring_json(coords, "r", "rainbow")

@@ -31,7 +31,8 @@ LOGIN = ("alice", "pa55word")
 SHARE_MAX_FILE_BYTES = 2 * 1024**2
 ENDPOINTS = {"/load_folder", "/upload_folder", "/set_map_method", "/neighbours_of_point", "/query_image", "/set_k",
              "/train", "/cancel_training", "/training_status", "/preview_blend", "/set_blend", "/delete_model", "/list_models",
-             "/hardest_pair_of_point", "/suspicious_labels"}
+             "/hardest_pair_of_point", "/suspicious_labels",
+             "/select_points", "/clear_selection", "/browse_class", "/selection_page", "/find_point", "/set_colouring"}
 
 
 @pytest.fixture(scope="module")

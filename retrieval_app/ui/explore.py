@@ -78,7 +78,7 @@ def _selection_outputs(state, view: ExploreView) -> tuple:
 def _words(view: ExploreView, page) -> str:
     sel = view.selection
     if not len(sel):
-        return ("Nothing selected. " if view.how else "") + HINT
+        return "Nothing selected. " + HINT
     n_classes = len(class_histogram(view.gallery, sel))
     shown = f"images {page.first + 1}–{page.first + len(page.indices)}, page {page.number + 1} of {page.n_pages}"
     return f"**{plural(len(sel), 'image')} selected** ({md_escape(view.how)}) in {plural(n_classes, 'class', 'classes')} · {shown}"
@@ -242,7 +242,7 @@ def build(*, state, plot, k, point_index, revision: Callable, show_point: Callab
     with gr.Accordion("Explore: select, browse, find, colour", open=True, elem_id="explore"):
         with gr.Row(equal_height=True):
             colour_by = gr.Radio(label="Colour points by", choices=COLOUR_CHOICES, value="class", elem_id="colour-by", scale=3,
-                                 info="agreement: the share of a point's k nearest neighbours (k: the slider above) in its own class")
+                                 info="agreement: the share of a point's k nearest neighbours (k: the slider above) in its own class, dark 0 → yellow 1")
             find_text = gr.Textbox(label="Find an image (id or file name)", elem_id="find-text", scale=2)
             find_button = gr.Button("Find", elem_id="find-button", scale=0, min_width=80)
             class_pick = gr.Dropdown(label="Browse a class", choices=[], value=None, elem_id="class-pick", scale=2)

@@ -296,18 +296,20 @@ const currentColouring = (gd) => {
 };
 // New trace objects (Plotly.react redraws what changed by reference): colours by the
 // colouring, visibility by the classes hidden from the legend.
-const paintTraces = (gd) => {
+const paintTraces = (gd, unselect = false) => {
   const m = gd.__rmap, c = currentColouring(gd), hidden = gd.__rmapHidden;
   const values = c && c.mode !== 'class' && c.values ? new Float32Array(bytesOf(c.values).buffer) : null;
-  let bar = !!values;
   gd.__rmapValuesShown = values;
-  gd.__rmapTraces = gd.__rmapTraces.map((t) => {
+  gd.__rmapTraces = gd.__rmapTraces.map((old) => {
+    // plotly marks a lasso's points in the trace (`selectedpoints`): kept unless cleared
+    const {selectedpoints, ...t} = old;
+    if (selectedpoints && !unselect) t.selectedpoints = selectedpoints;
     const k = m.names.indexOf(t.name), base = {size: m.marker.size, opacity: m.marker.opacity};
     let marker = {...base, color: m.colours[k]};
     if (values) {
-      marker = {...base, color: Float32Array.from(t.customdata, (i) => values[i]), colorscale: c.scale || 'Viridis', cmin: 0, cmax: 1, showscale: bar};
-      if (bar) marker.colorbar = {title: {text: c.title || '', side: 'right'}, orientation: 'h', x: 0.01, xanchor: 'left', y: 0.99, yanchor: 'top', len: 0.3, thickness: 10, bgcolor: 'rgba(255,255,255,0.8)'};
-      bar = false;
+      // No colour bar: it pushes the margins and broke the axes' scaling; the panel
+      // names the scale (dark 0 → yellow 1).
+      marker = {...base, color: Float32Array.from(t.customdata, (i) => values[i]), colorscale: c.scale || 'Viridis', cmin: 0, cmax: 1, showscale: false};
     }
     return {...t, marker, visible: hidden.has(t.name) ? 'legendonly' : true};
   });
@@ -469,10 +471,20 @@ const listen = (gd) => {
   element.addEventListener('mousedown', (e) => {
     gd.__rmapShift = e.shiftKey;
     if (e.detail === 2 && insidePlotArea(gd, e) && nearestPoint(gd, e) === null) {
-      clearSelection(gd);
       trigger('map_clear', {});
+      clearSelection(gd);
     }
   }, true);
+  // In the lasso and box modes plotly sends no plotly_click: a click (no drag) on a point
+  // still asks for its neighbours. (In zoom and pan modes plotly_click does, above.)
+  gd.addEventListener('click', (e) => {
+    const mode = gd._fullLayout && gd._fullLayout.dragmode;
+    if (mode !== 'select' && mode !== 'lasso') return;
+    Promise.resolve(gd.__rmapDrawn).then(() => {
+      const index = nearestPoint(gd, e);
+      if (index !== null) trigger('click', {index});
+    });
+  });
 };
 const insidePlotArea = (gd, e) => {
   if (!gd.__rmap || !gd._fullLayout || !gd._fullLayout.xaxis) return false;
@@ -480,10 +492,13 @@ const insidePlotArea = (gd, e) => {
   const mx = e.clientX - box.left - xa._offset, my = e.clientY - box.top - ya._offset;
   return mx >= 0 && my >= 0 && mx <= xa._length && my <= ya._length;
 };
-// plotly's own marks of a selection (dimmed points, the lasso outline) go too.
+// plotly's own marks of a selection go too: the lasso's outline, then the dimming of
+// the points left out (a redraw without `selectedpoints`; restyling it to null fails on
+// these typed-array traces).
 const clearSelection = (gd) => {
   if (!gd.data) return;
-  Promise.resolve(gd.__rmapDrawn).then(() => Plotly.update(gd, {selectedpoints: [null]}, {selections: []}));
+  gd.__rmapDrawn = Promise.resolve(gd.__rmapDrawn).catch(() => null).then(() => Plotly.relayout(gd, {selections: []}));
+  redraw(gd, true);
 };
 const LEGEND_DOUBLE_MS = 350;
 const legendClick = (gd, ev) => {
@@ -513,11 +528,12 @@ const isolateClass = (gd, name) => {
   if (!alone) trigger('class_isolate', {name});
 };
 // Colours or visibility changed: the same points, redrawn.
-const redraw = (gd) => {
+const redraw = (gd, unselect = false) => {
   if (!gd.__rmap || !gd.__rmapTraces) return;
-  paintTraces(gd);
+  paintTraces(gd, unselect);
   gd.__rmapReady = false;
-  const drawn = Promise.resolve(gd.__rmapDrawn).then(() => Plotly.react(gd, gd.__rmapTraces, gd.layout, gd.__rmapConfig));
+  // (A failed earlier redraw must not stop this one.)
+  const drawn = Promise.resolve(gd.__rmapDrawn).catch(() => null).then(() => Plotly.react(gd, gd.__rmapTraces, gd.layout, gd.__rmapConfig));
   gd.__rmapDrawn = drawn;
   drawn.then(() => { drawOverlay(gd); listen(gd); if (gd.__rmapDrawn === drawn) gd.__rmapReady = true; });
 };
