@@ -592,8 +592,9 @@ def build_app(config: AppConfig) -> gr.Blocks:
                 pair_gallery = gr.Gallery(label="Hardest positive and nearest negative of the clicked point", columns=2, height=230, elem_id="hardest-pair", object_fit="contain", allow_preview=True)
         def show_point(event):
             """After `event` set `point_index`: that point as if clicked (a found image)."""
-            event.success(neighbours_of_point, [state, point_index, k], [state, gallery, query, result], **private).then(redraw_highlight, state, plot, show_progress="hidden", **private)
-            event.success(hardest_pair_of_point, [state, point_index], [pair_gallery, pair_words], show_progress="hidden", **private)
+            # (Own names: private events otherwise take their functions' names from the named ones below.)
+            event.success(neighbours_of_point, [state, point_index, k], [state, gallery, query, result], api_name="found_point_neighbours", **private).then(redraw_highlight, state, plot, show_progress="hidden", **private)
+            event.success(hardest_pair_of_point, [state, point_index], [pair_gallery, pair_words], show_progress="hidden", api_name="found_point_hardest_pair", **private)
 
         private = {"api_visibility": "private"}
         explore_view.build(state=state, plot=plot, k=k, point_index=point_index, revision=_revision, show_point=show_point)

@@ -245,7 +245,9 @@ def build(*, state, plot, k, point_index, revision: Callable, show_point: Callab
                                  info="agreement: the share of a point's k nearest neighbours (k: the slider above) in its own class, dark 0 → yellow 1")
             find_text = gr.Textbox(label="Find an image (id or file name)", elem_id="find-text", scale=2)
             find_button = gr.Button("Find", elem_id="find-button", scale=0, min_width=80)
-            class_pick = gr.Dropdown(label="Browse a class", choices=[], value=None, elem_id="class-pick", scale=2)
+            # Custom values allowed: API clients name a class without the page's list (the
+            # handler checks the name against the gallery's classes).
+            class_pick = gr.Dropdown(label="Browse a class", choices=[], value=None, allow_custom_value=True, elem_id="class-pick", scale=2)
             browse_button = gr.Button("Show class", elem_id="class-browse", scale=0, min_width=110)
         find_words = gr.Markdown("", elem_id="find-status", latex_delimiters=[])
         words = gr.Markdown(HINT, elem_id="selection-text", latex_delimiters=[])
@@ -265,8 +267,9 @@ def build(*, state, plot, k, point_index, revision: Callable, show_point: Callab
     outputs = [view, grid, words, histogram, export, page_box]
     plot.map_select(select_points, [state, view, indices_in, add_in], outputs, trigger_mode="multiple", show_progress="hidden", api_name="select_points")
     plot.map_clear(clear_selection, [state, view], outputs, show_progress="hidden", api_name="clear_selection")
-    plot.class_isolate(browse_class, [state, view, class_pick], outputs, show_progress="hidden", **private)
+    # (The named event first: a private one with the same function would take its name.)
     browse_button.click(browse_class, [state, view, class_pick], outputs, api_name="browse_class")
+    plot.class_isolate(browse_class, [state, view, class_pick], outputs, show_progress="hidden", **private)
     page_box.submit(goto_page, [state, view, page_box], outputs, api_name="selection_page")
     previous.click(partial(step_page, -1), [state, view], outputs, **private)
     following.click(partial(step_page, 1), [state, view], outputs, **private)
