@@ -32,7 +32,8 @@ SHARE_MAX_FILE_BYTES = 2 * 1024**2
 ENDPOINTS = {"/load_folder", "/upload_folder", "/set_map_method", "/neighbours_of_point", "/query_image", "/set_k",
              "/train", "/cancel_training", "/training_status", "/preview_blend", "/set_blend", "/delete_model", "/list_models",
              "/hardest_pair_of_point", "/suspicious_labels", "/verify_pair", "/calibrate_verification", "/set_verification_threshold",
-             "/load_folder_with_labels", "/replay_live_map"}
+             "/load_folder_with_labels", "/replay_live_map",
+             "/select_points", "/clear_selection", "/browse_class", "/selection_page", "/find_point", "/set_colouring"}
 
 
 @pytest.fixture(scope="module")

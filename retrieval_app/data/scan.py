@@ -29,6 +29,7 @@ import numpy as np
 from ..choices import FOLDER_LAYOUTS
 from ..errors import DatasetError, ImageDecodeError
 from .decode import LARGE_PIXELS, check_image_file
+from .natural import natural_key
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm"})
 LAYOUT_HINT = "needs at least two class sub-folders with images, e.g. root/cats/*.jpg, root/dogs/*.jpg"
@@ -66,8 +67,8 @@ class SkippedFile:
 
 @dataclass
 class ScanResult:
-    """Classes (sorted names with at least one usable image), records sorted by id, and
-    what was skipped or looks wrong."""
+    """Classes (names with at least one usable image, in natural order: `natural_key`),
+    records sorted by id, and what was skipped or looks wrong."""
 
     root: Path
     classes: list[str]
@@ -148,7 +149,7 @@ def scan_folder(root: str | os.PathLike, *, check_images: bool = True, layout: s
             what = "no readable images" if paths else "no images"
             warnings.append(f"class folder '{name}' has {what} and is ignored")
     _require_two_classes(root, usable, found, loose_images, skipped)
-    classes = sorted(usable)
+    classes = sorted(usable, key=natural_key)  # s2 before s10: labels follow this order
     records = sorted(
         (ImageRecord(_relative(path, root), path, label, name, st.st_size, st.st_mtime_ns) for label, name in enumerate(classes) for path, st in usable[name]),
         key=lambda r: r.id,

@@ -152,18 +152,21 @@ def map_figure(records: Sequence[ImageRecord], coords: np.ndarray, classes: Sequ
     shows the image id, class and path."""
     import plotly.graph_objects as go
 
+    from ..palette import class_colours
+
     coords = np.asarray(coords, dtype=np.float32)
     if coords.shape != (len(records), 2):
         raise RetrievalAppError(f"{len(records)} records but map coordinates of shape {coords.shape}")
     scatter = go.Scattergl if len(records) >= WEBGL_FROM else go.Scatter
     labels = np.asarray([r.label for r in records], dtype=np.int64)
     figure = go.Figure()
+    colours = class_colours(len(classes))  # distinct up to 60 classes, as in the app
     for label, name in enumerate(classes):
         rows = np.flatnonzero(labels == label)
         if not len(rows):
             continue
         figure.add_trace(scatter(
-            x=coords[rows, 0], y=coords[rows, 1], mode="markers", name=_utf8(name), marker={"size": 7, "opacity": 0.85},
+            x=coords[rows, 0], y=coords[rows, 1], mode="markers", name=_utf8(name), marker={"size": 7, "opacity": 0.85, "color": colours[label]},
             customdata=[[_utf8(records[i].id), _utf8(name), _utf8(records[i].path)] for i in rows],
             # Values come through customdata, not the template, so no name can inject markup.
             hovertemplate="<b>%{customdata[0]}</b><br>class: %{customdata[1]}<br>%{customdata[2]}<extra></extra>",

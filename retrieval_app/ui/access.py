@@ -95,7 +95,8 @@ class DataRoots:
         if len(inside) == len(scan.records):
             return scan
         outside = [SkippedFile(r.id, "outside the data roots (a link pointing out of them)") for r in scan.records if not self.contains(r.path)]
-        classes = sorted({r.class_name for r in inside})
+        present = {r.class_name for r in inside}
+        classes = [name for name in scan.classes if name in present]  # the scan's (natural) order
         if len(classes) < 2:
             raise DatasetError(f"fewer than two classes of {scan.root} have images inside the data roots (share mode skips linked files that point outside them)")
         label = {name: i for i, name in enumerate(classes)}

@@ -21,6 +21,7 @@ from ..retrieval.projection import METHODS
 from ..training import delete_checkpoint, list_checkpoints
 from . import diagnostics
 from . import dial as dial_view
+from . import explore as explore_view
 from . import inspect as inspect_view
 from . import verify as verify_view
 from . import unlabelled as unlabelled_view
@@ -619,7 +620,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
                 # Label hidden: the three choices name themselves, right above the map.
                 method = gr.Radio(label="Map", show_label=False, container=False, choices=[(METHOD_LABELS[m], m) for m in METHODS], value="umap", elem_id="map-method")
                 plot = gr.HTML(value="", html_template=PLOT_TEMPLATE, css_template=PLOT_CSS, js_on_load=PLOT_JS, elem_id="embedding-plot", apply_default_css=False,
-                               label="Map (compact JSON, see plot.py)", highlight="", server_functions=[hover_thumbnail])
+                               label="Map (compact JSON, see plot.py)", highlight="", colouring="", server_functions=[hover_thumbnail])
             with gr.Column(scale=2):
                 query = gr.Image(label="Query: drop, paste or click to upload an image", type="filepath", sources=["upload", "clipboard"], height=200, elem_id="query-image")
                 # The map sends a click's point in the event; API callers give the index here.
@@ -630,6 +631,14 @@ def build_app(config: AppConfig) -> gr.Blocks:
                 # Beside the neighbours: what a triplet loss with this point as anchor works on.
                 pair_words = gr.Markdown("", elem_id="hardest-pair-text", latex_delimiters=[])
                 pair_gallery = gr.Gallery(label="Hardest positive and nearest negative of the clicked point", columns=2, height=230, elem_id="hardest-pair", object_fit="contain", allow_preview=True)
+        def show_point(event):
+            """After `event` set `point_index`: that point as if clicked (a found image)."""
+            # (Own names: private events otherwise take their functions' names from the named ones below.)
+            event.success(neighbours_of_point, [state, point_index, k], [state, gallery, query, result], api_name="found_point_neighbours", **private).then(redraw_highlight, state, plot, show_progress="hidden", **private)
+            event.success(hardest_pair_of_point, [state, point_index], [pair_gallery, pair_words], show_progress="hidden", api_name="found_point_hardest_pair", **private)
+
+        private = {"api_visibility": "private"}
+        explore_view.build(state=state, plot=plot, k=k, point_index=point_index, revision=_revision, show_point=show_point)
         with gr.Accordion("Suspicious labels: images whose neighbours mostly belong to another class", open=False, elem_id="suspicious") as suspicious_box:
             with gr.Row():
                 suspicious_k = gr.Number(label="Neighbours looked at (k)", value=10, precision=0, minimum=2, maximum=50, scale=1)

@@ -33,12 +33,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from typing import Sequence
 
 import numpy as np
 
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-           "#393b79", "#ad494a", "#8ca252", "#bd9e39", "#843c39", "#7b4173", "#5254a3", "#e7ba52", "#637939", "#d6616b")
+from ..palette import class_colours
+
+PALETTE = tuple(class_colours(60))  # distinct up to 60 classes (palette.py); more are computed
 FORMAT = "rmap/1"
 MAX_CLASS_TRACES = 60  # above this many classes: one trace per colour, no legend
 # The narrowest little-endian unsigned type for class numbers 0 … n - 1, by name.
@@ -63,6 +65,8 @@ def file_url(path) -> str:
 
 
 def class_colour(label: int) -> str:
+    """A class's colour on every map of the app: distinct up to `MAX_CLASS_TRACES` classes;
+    above that the palette repeats (the page then draws one trace per colour)."""
     return PALETTE[label % len(PALETTE)]
 
 
@@ -111,7 +115,7 @@ def map_payload(coords: np.ndarray, labels: np.ndarray, classes: Sequence[str], 
         "classes": [{"name": name, "colour": class_colour(i)} for i, name in enumerate(classes)],
         "marker": {"size": POINT_SIZE, "opacity": POINT_OPACITY}, "max_class_traces": MAX_CLASS_TRACES,
         "highlight": highlight,
-        "layout": _layout(coords, star, title, revision),
+        "layout": _layout(coords, star, title, revision, classes),
     }
     return json.dumps(payload, separators=(",", ":"))
 
@@ -124,18 +128,38 @@ def label_encoding(n_classes: int) -> tuple[str, str]:
     raise ValueError(f"{n_classes} classes do not fit the map's label types")
 
 
-def _layout(coords: np.ndarray, star, title: str, revision: str) -> dict:
+def _layout(coords: np.ndarray, star, title: str, revision: str, classes: Sequence[str] = ()) -> dict:
     ranges = _ranges(coords, star)
+    legend, extra_height = _legend(classes)
     return {
         # Title on the left: the mode bar takes the top right corner.
         "title": {"text": title, "font": {"size": 14}, "x": 0.01, "xanchor": "left"}, "uirevision": revision, "hovermode": "closest",
-        "dragmode": "zoom", "margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "height": 600,
+        "dragmode": "zoom", "margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "height": 600 + extra_height,
         # Fixed ranges: autorange would widen for a big highlight marker at the edge and
         # shift every point under the mouse.
         "xaxis": {"showticklabels": False, "zeroline": False, "range": ranges["x"]},
         "yaxis": {"showticklabels": False, "zeroline": False, "range": ranges["y"]},
-        "legend": {"itemsizing": "constant"}, "plot_bgcolor": "#fafafa",
+        "legend": legend, "plot_bgcolor": "#fafafa",
     }
+
+
+LEGEND_COLUMN_FROM = 21  # classes: from here the legend is a grid of columns below the map
+LEGEND_ROW_PX = 19
+
+
+def _legend(classes: Sequence[str]) -> tuple[dict, int]:
+    """The legend, and the height it adds to the map. Up to 20 classes: one column at the
+    right. More: a grid below the map (fixed-width entries, so names line up in columns)
+    that the map grows to hold, instead of a column taller than the map that scrolls."""
+    legend = {"itemsizing": "constant", "title": {"text": "click: hide · double-click: only this class", "font": {"size": 10, "color": "#666"}, "side": "top"}}
+    if len(classes) < LEGEND_COLUMN_FROM:
+        return legend, 0
+    longest = max(len(name) for name in classes)
+    width = min(230, 34 + 7 * longest)  # px: the swatch and ~7 px a character at font size 11
+    rows = math.ceil(len(classes) / max(1, 900 // width))  # the map is about 900 px wide
+    legend.update({"orientation": "h", "x": 0, "xanchor": "left", "y": -0.01, "yanchor": "top", "entrywidth": width,
+                   "entrywidthmode": "pixels", "font": {"size": 11}, "tracegroupgap": 0})
+    return legend, rows * LEGEND_ROW_PX + 30
 
 
 def _ranges(coords: np.ndarray, star) -> dict:
@@ -178,6 +202,34 @@ def highlight_json(coords: np.ndarray, revision: str, highlight: dict) -> str:
     coords = np.asarray(coords, dtype=np.float32)
     highlight = {**highlight, "key": map_key(revision, coords), "range": _ranges(coords, highlight.get("star"))}
     return json.dumps(highlight, separators=(",", ":"))
+
+
+# --------------------------------------------------------------- the colouring
+COLOUR_MODES = ("class", "agreement")
+AGREEMENT_SCALE = "Viridis"  # 0 (no neighbour of its class) → 1 (all of them): dark → yellow
+
+
+def colouring_json(coords: np.ndarray, revision: str, mode: str = "class", values: np.ndarray | None = None, title: str = "") -> str:
+    """The component's `colouring` prop: colour the points by class, or by one value per
+    point in [0, 1] (`values`, e.g. neighbour agreement) on one colour scale. Like the
+    highlight it names its map by key, and the points are not sent again."""
+    if mode not in COLOUR_MODES:
+        raise ValueError(f"colour mode must be one of {COLOUR_MODES}, not {mode!r}")
+    coords = np.asarray(coords, dtype=np.float32)
+    out = {"key": map_key(revision, coords), "mode": mode}
+    if mode != "class":
+        values = np.asarray(values, dtype=np.float32)
+        if values.shape != (len(coords),):
+            raise ValueError(f"{len(coords)} points but {values.shape} values")
+        out.update({"values": _b64(values, "<f4"), "title": title, "scale": AGREEMENT_SCALE})
+    return json.dumps(out, separators=(",", ":"))
+
+
+def decode_colouring(value: str) -> dict:
+    """A `colouring` prop → {"key", "mode", "values" (N,) float32 or None, "title"}."""
+    data = json.loads(value)
+    values = np.frombuffer(base64.b64decode(data["values"]), dtype="<f4") if "values" in data else None
+    return {"key": data["key"], "mode": data["mode"], "values": values, "title": data.get("title", "")}
 
 
 # ------------------------------------------------------------ reading it back
@@ -236,7 +288,8 @@ const decodeMap = (fig) => {
   const order = new Int32Array(n), fill = count.slice(0, names.length);
   for (let i = 0; i < n; i++) order[fill[label[i]]++] = i;
   const point = (i) => (i >= 0 && i < n) ? {index: i, id: id(i), label: names[label[i]], x: x[i], y: y[i]} : null;
-  return {key: fig.key, token: fig.token, n, x, y, label, names, id, order, start: count, point, traceOf: new Int32Array(names.length).fill(-1)};
+  return {key: fig.key, token: fig.token, n, x, y, label, names, colours: fig.classes.map((c) => c.colour), marker: fig.marker,
+          id, order, start: count, point, traceOf: new Int32Array(names.length).fill(-1)};
 };
 const classTraces = (m, fig) => {
   // One trace per class; with many classes one per colour (each WebGL trace is a draw call).
@@ -258,9 +311,35 @@ const classTraces = (m, fig) => {
       x: Float32Array.from(rows, (i) => m.x[i]), y: Float32Array.from(rows, (i) => m.y[i]),
       marker: {size: fig.marker.size, color: g.colour, opacity: fig.marker.opacity},
       hoverinfo: 'none',  // the page draws its own tip: thumbnail, class, id
+      visible: true,
     });
   });
   return traces;
+};
+// The colouring prop of the map on screen (by class, or a value per point on one scale).
+const currentColouring = (gd) => {
+  const c = gd.__rmapColouring, m = gd.__rmap;
+  return (c && m && c.key === m.key) ? c : null;
+};
+// New trace objects (Plotly.react redraws what changed by reference): colours by the
+// colouring, visibility by the classes hidden from the legend.
+const paintTraces = (gd, unselect = false) => {
+  const m = gd.__rmap, c = currentColouring(gd), hidden = gd.__rmapHidden;
+  const values = c && c.mode !== 'class' && c.values ? new Float32Array(bytesOf(c.values).buffer) : null;
+  gd.__rmapValuesShown = values;
+  gd.__rmapTraces = gd.__rmapTraces.map((old) => {
+    // plotly marks a lasso's points in the trace (`selectedpoints`): kept unless cleared
+    const {selectedpoints, ...t} = old;
+    if (selectedpoints && !unselect) t.selectedpoints = selectedpoints;
+    const k = m.names.indexOf(t.name), base = {size: m.marker.size, opacity: m.marker.opacity};
+    let marker = {...base, color: m.colours[k]};
+    if (values) {
+      // No colour bar: it pushes the margins and broke the axes' scaling; the panel
+      // names the scale (dark 0 → yellow 1).
+      marker = {...base, color: Float32Array.from(t.customdata, (i) => values[i]), colorscale: c.scale || 'Viridis', cmin: 0, cmax: 1, showscale: false};
+    }
+    return {...t, marker, visible: hidden.has(t.name) ? 'legendonly' : true};
+  });
 };
 // Pixel position (inside the plot area) of map coordinates, from the axes' linear maps.
 const pixelMap = (gd) => {
@@ -386,6 +465,21 @@ const listen = (gd) => {
       if (index !== null) trigger('click', {index});
     });
   });
+  // Lasso / box: the selected points' global indices (each trace's customdata), and
+  // whether shift was held (plotly then keeps the earlier selection: the server adds).
+  gd.on('plotly_selected', (ev) => {
+    if (!ev || !ev.points) return;  // none: plotly cleared its selection itself
+    const indices = [];
+    ev.points.forEach((p) => {
+      const t = gd.data[p.curveNumber], i = t && t.customdata ? t.customdata[p.pointNumber] : undefined;
+      if (typeof i === 'number') indices.push(i);
+    });
+    trigger('map_select', {indices, add: !!gd.__rmapShift});
+  });
+  // The legend as plotly users know it (click: hide / show a class; double-click: only this
+  // class, again: all), timed here: plotly's own double-click is off (see `draw`).
+  gd.on('plotly_legendclick', (ev) => { legendClick(gd, ev); return false; });
+  gd.on('plotly_legenddoubleclick', () => false);
   // Zoom, pan, resize: the overlay follows the axes.
   for (const name of ['plotly_afterplot', 'plotly_relayout', 'plotly_relayouting']) gd.on(name, () => drawOverlay(gd));
   if (gd.__rmapTip) return;
@@ -398,6 +492,77 @@ const listen = (gd) => {
     if (frame === null) frame = requestAnimationFrame(() => { frame = null; showTip(gd, tip, e); });
   });
   gd.addEventListener('mouseleave', () => { tip.style.display = 'none'; tip.__index = null; });
+  // Shift held when a drag starts: the selection adds to the last one. A double-click
+  // (the second press: detail 2) on empty map clears the selection; on a point it is two
+  // clicks, two queries, as before. Captured before plotly's drag layer sees the press.
+  element.addEventListener('mousedown', (e) => {
+    gd.__rmapShift = e.shiftKey;
+    if (e.detail === 2 && insidePlotArea(gd, e) && nearestPoint(gd, e) === null) {
+      trigger('map_clear', {});
+      clearSelection(gd);
+    }
+  }, true);
+  // In the lasso and box modes plotly sends no plotly_click: a click (no drag) on a point
+  // still asks for its neighbours. (In zoom and pan modes plotly_click does, above.)
+  gd.addEventListener('click', (e) => {
+    const mode = gd._fullLayout && gd._fullLayout.dragmode;
+    if (mode !== 'select' && mode !== 'lasso') return;
+    Promise.resolve(gd.__rmapDrawn).then(() => {
+      const index = nearestPoint(gd, e);
+      if (index !== null) trigger('click', {index});
+    });
+  });
+};
+const insidePlotArea = (gd, e) => {
+  if (!gd.__rmap || !gd._fullLayout || !gd._fullLayout.xaxis) return false;
+  const {xa, ya} = pixelMap(gd), box = gd.getBoundingClientRect();
+  const mx = e.clientX - box.left - xa._offset, my = e.clientY - box.top - ya._offset;
+  return mx >= 0 && my >= 0 && mx <= xa._length && my <= ya._length;
+};
+// plotly's own marks of a selection go too: the lasso's outline, then the dimming of
+// the points left out (a redraw without `selectedpoints`; restyling it to null fails on
+// these typed-array traces).
+const clearSelection = (gd) => {
+  if (!gd.data) return;
+  gd.__rmapDrawn = Promise.resolve(gd.__rmapDrawn).catch(() => null).then(() => Plotly.relayout(gd, {selections: []}));
+  redraw(gd, true);
+};
+const LEGEND_DOUBLE_MS = 350;
+const legendClick = (gd, ev) => {
+  const trace = gd.data && gd.data[ev.curveNumber];
+  if (!trace) return;
+  const name = trace.name, now = Date.now(), last = gd.__rmapLegendLast;
+  if (last) clearTimeout(last.timer);
+  if (last && last.name === name && now - last.at < LEGEND_DOUBLE_MS) {
+    gd.__rmapLegendLast = null;
+    isolateClass(gd, name);
+    return;
+  }
+  if (last) toggleClass(gd, last.name);  // another item's click waiting: it was a single one
+  gd.__rmapLegendLast = {name, at: now, timer: setTimeout(() => { gd.__rmapLegendLast = null; toggleClass(gd, name); }, LEGEND_DOUBLE_MS)};
+};
+const toggleClass = (gd, name) => {
+  if (gd.__rmapHidden.has(name)) gd.__rmapHidden.delete(name); else gd.__rmapHidden.add(name);
+  redraw(gd);
+};
+// Only this class shown (its images fill the selection grid), or, when it already is the
+// only one, every class again.
+const isolateClass = (gd, name) => {
+  const shown = gd.__rmapTraces.filter((t) => !gd.__rmapHidden.has(t.name)).map((t) => t.name);
+  const alone = shown.length === 1 && shown[0] === name;
+  gd.__rmapHidden = new Set(alone ? [] : gd.__rmapTraces.map((t) => t.name).filter((n) => n !== name));
+  redraw(gd);
+  if (!alone) trigger('class_isolate', {name});
+};
+// Colours or visibility changed: the same points, redrawn.
+const redraw = (gd, unselect = false) => {
+  if (!gd.__rmap || !gd.__rmapTraces) return;
+  paintTraces(gd, unselect);
+  gd.__rmapReady = false;
+  // (A failed earlier redraw must not stop this one.)
+  const drawn = Promise.resolve(gd.__rmapDrawn).catch(() => null).then(() => Plotly.react(gd, gd.__rmapTraces, gd.layout, gd.__rmapConfig));
+  gd.__rmapDrawn = drawn;
+  drawn.then(() => { drawOverlay(gd); listen(gd); if (gd.__rmapDrawn === drawn) gd.__rmapReady = true; });
 };
 const draw = () => {
   const gd = element.querySelector('.rmap-plot');
@@ -418,16 +583,22 @@ const draw = () => {
   // Axes are only valid once a redraw has finished: clicks wait for it (`__rmapDrawn`);
   // `__rmapReady` tells tests the map on screen is the latest one.
   gd.__rmapReady = false;
-  if (!gd.__rmap || gd.__rmap.key !== fig.key) {
+  const fresh = !gd.__rmap || gd.__rmap.key !== fig.key;
+  if (fresh) {
     gd.__rmap = decodeMap(fig);
     gd.__rmapTraces = classTraces(gd.__rmap, fig);
+    gd.__rmapHidden = new Set();  // another map: every class shown
+    paintTraces(gd);
   }
   gd.__rmapThumbs = new Map();  // a reloaded folder serves its thumbnails under new names
   gd.__rmapValueHighlight = fig.highlight;
   gd.__rmapRange = {x: fig.layout.xaxis.range.slice(), y: fig.layout.yaxis.range.slice()};
   // No double-click: two quick clicks on two points would be one double-click (an axes
   // reset) instead of two queries. The mode bar's buttons still reset the zoom.
+  // (The legend's double-click is timed by the page itself: `legendClick`. A double-click
+  // on empty map clears a selection: the mousedown listener in `listen`.)
   const config = {responsive: true, displaylogo: false, doubleClick: false, doubleClickDelay: 1};
+  gd.__rmapConfig = config;
   const drawn = Plotly.react(gd, gd.__rmapTraces, fig.layout, config);
   gd.__rmapDrawn = drawn;
   Promise.resolve(drawn).then(() => {
@@ -435,6 +606,18 @@ const draw = () => {
     if (gd.__rmapDrawn === drawn) gd.__rmapReady = true;
   });
   listen(gd);
+  // Another map (folder, model, projection): the server resets the selection and the
+  // class list, and colours it as the page asks (a colouring is per map).
+  if (fresh) Promise.resolve(drawn).then(() => trigger('map_loaded', {key: fig.key}));
+};
+// Colour by class or by a value per point: the same points, recoloured.
+const recolour = () => {
+  const gd = element.querySelector('.rmap-plot');
+  let c = null;
+  try { c = props.colouring ? JSON.parse(props.colouring) : null; } catch (e) { c = null; }
+  if (!gd || !c) return;
+  gd.__rmapColouring = c;
+  if (gd.__rmap && c.key === gd.__rmap.key && typeof Plotly !== 'undefined') redraw(gd);
 };
 // A click or a query: only the highlight changes.
 const highlight = () => {
@@ -457,4 +640,5 @@ const highlight = () => {
 draw();
 watch('value', draw);
 watch('highlight', highlight);
+watch('colouring', recolour);
 """
