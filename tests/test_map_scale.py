@@ -109,8 +109,10 @@ def session(tmp_path_factory):
     monkey.undo()
 
 
-def test_the_app_shows_pca_first_says_so_and_swaps_in_umap(session, monkeypatch):
+def test_the_app_shows_pca_first_says_so_and_swaps_in_umap(session, monkeypatch, tmp_path):
     from retrieval_app.ui import app as ui_app
+
+    monkeypatch.setenv("RETRIEVAL_APP_CACHE_DIR", str(tmp_path))  # nothing cached: the fit is held
 
     fit = HeldFit()
     monkeypatch.setattr("retrieval_app.retrieval.map_job.compute_projection", fit)

@@ -171,3 +171,20 @@ def test_tuning_stops_where_the_recall_stops_growing():
     value, recall = tune(index, probe, knob_steps(1, 4096), lambda v: setattr(index, "knob", v))
     assert (value, recall, index.knob) == (4, 0.8, 4)
     assert knob_steps(1, 20) == [1, 2, 3, 4, 6, 8, 11, 16, 20]
+
+
+def test_faiss_indexes_search_after_pytorch_metric_learning_patched_faiss():
+    """pytorch-metric-learning imports faiss.contrib.torch_utils, which replaces every FAISS
+    index's `search` with one that takes no `params`; our per-call nprobe/efSearch must
+    still work in the same process (in the suite it broke every FAISS search after the
+    reference tests ran)."""
+    import faiss.contrib.torch_utils  # noqa: F401  (the patch, as PML applies it)
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(3000, 16)).astype(np.float32)
+    exact = ExactIndex(vectors, "euclidean")
+    want, _ = exact.search(vectors[:20], 5, exclude=np.arange(20))
+    for index in (IvfIndex.build(vectors, "euclidean"), HnswIndex.build(vectors, "euclidean")):
+        got, _ = index.search(vectors[:20], 5, exclude=np.arange(20))
+        assert got.shape == (20, 5)
+        assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(got, want)]) >= 0.9

@@ -46,9 +46,9 @@ def env(tmp_path_factory):
     pair = base / "data" / "pair"  # a second, smaller dataset (2 classes)
     for name in CLASSES[1:]:
         shutil.copytree(folder / name, pair / name)
-    one_loose = base / "data" / "loose"  # no class folders: a bad folder
-    one_loose.mkdir()
-    shutil.copy(folder / CLASSES[1] / "image_0001.jpg", one_loose / "lonely.jpg")
+    one_loose = base / "data" / "loose"  # one class folder only: a bad folder (a flat one opens without labels)
+    (one_loose / "lonely").mkdir(parents=True)
+    shutil.copy(folder / CLASSES[1] / "image_0001.jpg", one_loose / "lonely" / "lonely.jpg")
     outside = base / "elsewhere"  # a valid dataset beside the data root
     shutil.copytree(folder, outside)
     monkey = pytest.MonkeyPatch()

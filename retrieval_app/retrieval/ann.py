@@ -127,7 +127,7 @@ class IvfIndex(NearestNeighbourIndex):
         params = faiss.SearchParametersIVF()
         params.nprobe = min(nprobe, self.nlist)
         with single_query_threads(faiss, len(queries)):
-            raw_d, raw_i = self.index.search(queries, wanted, params=params)
+            raw_d, raw_i = _search_with_params(self.index, queries, wanted, params)
         return drop_excluded(raw_i, _to_distances(raw_d, self.distance), exclude, k)
 
     def add(self, vectors, labels):
@@ -212,7 +212,7 @@ class HnswIndex(NearestNeighbourIndex):
         if self.dead.any():
             params.sel = self._tombstone_selector()
         with single_query_threads(faiss, len(queries)):
-            raw_d, nodes = self.index.search(queries, wanted, params=params)
+            raw_d, nodes = _search_with_params(self.index, queries, wanted, params)
         raw_labels = np.where(nodes >= 0, self.labels[np.maximum(nodes, 0)], -1)
         labels, distances, short = drop_excluded(raw_labels, _to_distances(raw_d, self.distance), exclude, k)
         if short.any():  # rare: the graph search returned too few; answer those exactly
@@ -259,3 +259,11 @@ class HnswIndex(NearestNeighbourIndex):
         faiss = import_faiss()
         index = faiss.deserialize_index(np.asarray(state["faiss"], dtype=np.uint8))
         return cls(index, distance, np.asarray(state["labels"], np.int64), np.asarray(state["dead"], bool), ef_search=int(state["ef_search"]), recall=float(state["recall"]))
+
+
+def _search_with_params(index, queries, k, params):
+    """`index.search` with per-call parameters. `faiss.contrib.torch_utils` (which
+    pytorch-metric-learning imports) replaces every index's `search` with one that takes no
+    `params`; it keeps FAISS's own NumPy method as `search_numpy`."""
+    search = getattr(index, "search_numpy", None) or index.search
+    return search(queries, k, params=params)

@@ -37,9 +37,11 @@ class MapJob:
 
     @classmethod
     def start(cls, embeddings: np.ndarray, method: str, *, seed: int = 0, cache_dir: str | Path | None = None,
-              compute: Callable[..., Projection] = compute_projection, **params: Any) -> "MapJob":
+              compute: Callable[..., Projection] | None = None, **params: Any) -> "MapJob":
         """Return at once with the first map; fit `method` in the background if needed.
-        (`compute` is the fitter, replaceable so tests can hold the fit back.)"""
+        (`compute` is the fitter, replaceable so tests can hold the fit back; by default
+        this module's `compute_projection`, looked up at each call.)"""
+        compute = compute or compute_projection
         ready = compute(embeddings, method, seed=seed, cache_dir=cache_dir, **params) if method == QUICK_METHOD else \
             cached_projection(embeddings, method, seed=seed, cache_dir=cache_dir, **params)
         if ready is not None:
