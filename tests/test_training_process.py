@@ -126,12 +126,13 @@ def test_only_this_package_s_dataclasses_are_rebuilt_and_odd_values_are_refused(
 
 def test_the_runners_are_the_registered_choices():
     assert tuple(RUNNERS) == choices.TRAINING_RUNNERS and choices.DEFAULT_TRAINING_RUNNER in RUNNERS
-    assert isinstance(training_job(TrainConfig(folder="x", out_dir="y")), ProcessTrainingJob)
+    assert isinstance(training_job(TrainConfig(folder="x", out_dir="y"), "process"), ProcessTrainingJob)
     with pytest.raises(Exception, match="unknown training runner"):
         training_job(TrainConfig(folder="x", out_dir="y"), "cluster")
     from retrieval_app.ui.session import SessionRegistry, SessionState
 
-    assert SessionState().training_runner == "process" and SessionRegistry("thread").new().training_runner == "thread"
+    assert SessionState().training_runner == choices.DEFAULT_TRAINING_RUNNER
+    assert SessionRegistry("thread").new().training_runner == "thread" and SessionRegistry("process").new().training_runner == "process"
 
 
 # ----------------------------------------------------------------- a whole run
