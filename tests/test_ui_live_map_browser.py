@@ -74,7 +74,7 @@ def test_live_map_frames_arrive_during_training_and_replay_after(page, server):
     slider.wait_for(state="visible", timeout=240_000)
     assert "done" in page.inner_text("#train-status")
     last = int(slider.input_value())
-    assert last >= 2 and "fold 1" in live_title(page)
+    assert last >= 1 and "fold 1" in live_title(page)  # at least two frames to replay
     slider.fill("0")
     slider.press("Enter")
     page.wait_for_function("(s) => { const g = document.querySelector(s); return g.layout.title.text.includes('· start ·'); }", arg=LIVE_PLOT, timeout=30_000)
