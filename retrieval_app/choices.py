@@ -32,7 +32,7 @@ DEFAULT_TRAIN_MODE = "auto"
 
 # training/runners.py: where a run of the app goes (its own process, or a thread of the server).
 TRAINING_RUNNERS = ("process", "thread")
-DEFAULT_TRAINING_RUNNER = "thread"
+DEFAULT_TRAINING_RUNNER = "process"
 
 # retrieval/
 PROJECTION_METHODS = ("umap", "pca", "tsne")

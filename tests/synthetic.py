@@ -1,12 +1,20 @@
-"""Small synthetic labelled image folders for tests: each class has its own colour and
-shape, with per-image jitter, so pretrained features separate them but not perfectly."""
+"""Labelled image folders for tests: small synthetic ones (each class has its own colour
+and shape, with per-image jitter, so pretrained features separate them but not
+perfectly), subsets of the real photos in sample_data/, and app directories kept apart
+from the user's."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
 
 _SHAPES = ("ellipse", "rectangle", "triangle", "cross", "ring", "stripes", "dots", "diamond")
 
@@ -69,3 +77,36 @@ def write_fashion_mnist_folder(root: Path, npz_path: Path, per_class: int = 30, 
         for i in chosen:
             Image.fromarray(images[i]).save(folder / f"{i:05d}.png")
     return root
+
+
+def copy_sample_photos(dest: Path, classes: Sequence[str], per_class: int, *, flat: bool = False) -> Path:
+    """The first `per_class` photos (by name) of each of `classes` in sample_data/, copied
+    into `dest`: one sub-folder per class, or with `flat` all in `dest` as CLASS_FILE
+    (a folder without labels)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in classes:
+        photos = sorted((SAMPLE_DATA / name).glob("*.jpg"))[:per_class]
+        if len(photos) < per_class:
+            raise ValueError(f"sample_data/{name} has {len(photos)} photos, fewer than {per_class}")
+        target = dest if flat else dest / name
+        target.mkdir(exist_ok=True)
+        for path in photos:
+            shutil.copy(path, target / (f"{name}_{path.name}" if flat else path.name))
+    return dest
+
+
+@contextlib.contextmanager
+def isolated_app_dirs(base: Path) -> Iterator[Path]:
+    """The body runs with the app's cache and models directories under `base`
+    (RETRIEVAL_APP_CACHE_DIR, RETRIEVAL_APP_MODELS_DIR), restored afterwards."""
+    names = {"RETRIEVAL_APP_CACHE_DIR": base / "cache", "RETRIEVAL_APP_MODELS_DIR": base / "models"}
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(path) for name, path in names.items()})
+    try:
+        yield base
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

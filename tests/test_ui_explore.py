@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ pytestmark = pytest.mark.browser
 pytest.importorskip("playwright.sync_api")
 
 import ui_helpers  # noqa: E402
+from synthetic import copy_sample_photos, isolated_app_dirs  # noqa: E402
 
 if not ui_helpers.CHROMIUM.exists():
     pytest.skip("Debian chromium is not installed (scripts/test.sh installs it)", allow_module_level=True)
@@ -37,16 +37,9 @@ CLASSES = ("Leopards", "pizza", "sunflower", "watch", "cup")
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("ui-explore")
-    folder = base / "photos"
-    for name in CLASSES:
-        (folder / name).mkdir(parents=True)
-        for path in sorted((ROOT / "sample_data" / name).glob("*.jpg"))[:8]:
-            shutil.copy(path, folder / name / path.name)
-    monkey = pytest.MonkeyPatch()
-    monkey.setenv("RETRIEVAL_APP_CACHE_DIR", str(base / "cache"))
-    monkey.setenv("RETRIEVAL_APP_MODELS_DIR", str(base / "models"))
-    yield {"base": base, "folder": folder}
-    monkey.undo()
+    folder = copy_sample_photos(base / "photos", CLASSES, 8)
+    with isolated_app_dirs(base):
+        yield {"base": base, "folder": folder}
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ library (the agreement colours are checked in the page: tests/test_ui_explore.py
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 
 import ui_helpers  # noqa: E402
+from synthetic import copy_sample_photos, isolated_app_dirs  # noqa: E402
 from retrieval_app.ui.launch import launch_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,16 +25,9 @@ CLASSES = ("Leopards", "pizza", "sunflower", "watch")
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("ui-explore-api")
-    folder = base / "photos"
-    for name in CLASSES:
-        (folder / name).mkdir(parents=True)
-        for path in sorted((ROOT / "sample_data" / name).glob("*.jpg"))[:8]:
-            shutil.copy(path, folder / name / path.name)
-    monkey = pytest.MonkeyPatch()
-    monkey.setenv("RETRIEVAL_APP_CACHE_DIR", str(base / "cache"))
-    monkey.setenv("RETRIEVAL_APP_MODELS_DIR", str(base / "models"))
-    yield {"base": base, "folder": folder}
-    monkey.undo()
+    folder = copy_sample_photos(base / "photos", CLASSES, 8)
+    with isolated_app_dirs(base):
+        yield {"base": base, "folder": folder}
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ cancelled, kept a model), the hand-over from cached features, the dial and its
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic import copy_sample_photos, isolated_app_dirs
 
 from retrieval_app.data import scan_folder
 from retrieval_app.networks.backbones import Lite0Features
@@ -34,16 +34,9 @@ def env(tmp_path_factory):
     """Five classes of eight photos: the bare backbone already retrieves them perfectly,
     so by default a run keeps the backbone; `blend=1` keeps the fine-tuned head anyway."""
     base = tmp_path_factory.mktemp("ui-training")
-    folder = base / "photos"
-    for name in CLASSES:
-        (folder / name).mkdir(parents=True)
-        for path in sorted((ROOT / "sample_data" / name).glob("*.jpg"))[:8]:
-            shutil.copy(path, folder / name / path.name)
-    monkey = pytest.MonkeyPatch()
-    monkey.setenv("RETRIEVAL_APP_CACHE_DIR", str(base / "cache"))
-    monkey.setenv("RETRIEVAL_APP_MODELS_DIR", str(base / "models"))
-    yield {"base": base, "folder": folder}
-    monkey.undo()
+    folder = copy_sample_photos(base / "photos", CLASSES, 8)
+    with isolated_app_dirs(base):
+        yield {"base": base, "folder": folder}
 
 
 def loaded(env) -> SessionState:

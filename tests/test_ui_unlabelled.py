@@ -5,7 +5,6 @@ searches (issue 15)."""
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ pytestmark = pytest.mark.browser
 pytest.importorskip("playwright.sync_api")
 
 import ui_helpers  # noqa: E402
+from synthetic import copy_sample_photos, isolated_app_dirs  # noqa: E402
 from ui_helpers import MAP_READY, gallery_captions, set_k  # noqa: E402
 
 if not ui_helpers.CHROMIUM.exists():
@@ -28,16 +28,9 @@ K = 4
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("ui_flat")
-    folder = base / "flat"
-    folder.mkdir()
-    for name in ("Leopards", "pizza", "sunflower", "watch"):
-        for path in sorted((ROOT / "sample_data" / name).glob("*.jpg"))[:4]:
-            shutil.copy(path, folder / f"{name}_{path.name}")
-    monkey = pytest.MonkeyPatch()
-    monkey.setenv("RETRIEVAL_APP_CACHE_DIR", str(base / "cache"))
-    monkey.setenv("RETRIEVAL_APP_MODELS_DIR", str(base / "models"))
-    yield {"base": base, "folder": folder}
-    monkey.undo()
+    folder = copy_sample_photos(base / "flat", ("Leopards", "pizza", "sunflower", "watch"), 4, flat=True)
+    with isolated_app_dirs(base):
+        yield {"base": base, "folder": folder}
 
 
 @pytest.fixture(scope="module")

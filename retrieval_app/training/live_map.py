@@ -6,8 +6,8 @@ saved beside the checkpoint (`frames.npz`, see `map_frames.py`).
 
 What is shown:
 - full mode: the whole run, every few seconds, and the network at its end;
-- quick mode: the first class fold and the refit. The first fold trains from the start
-  for the longest stretch (under a time budget it sets the length the others repeat);
+- quick mode: the first class fold (its last state always, however short it was) and
+  the refit. The first fold trains from the start for the longest stretch (under a time budget it sets the length the others repeat);
   the other folds tell the same story again on other classes, and would make the map
   snap back to the start twice. The refit is the model the user gets: it starts from the
   same head as fold 1 (so its first frame is the start frame again, at no cost) and ends
@@ -97,7 +97,11 @@ class LiveMap(Callback):
         self._take("start", 0)
 
     def on_event(self, event: TrainEvent) -> None:
-        if self.run is None or event.kind not in ("step", "epoch"):
+        if self.run is None:
+            return
+        if event.kind == "data" and "fold_end" in event.data:
+            self._fold_end(event.data["fold_end"])
+        if event.kind not in ("step", "epoch"):
             return
         stage, step = self._stage_of(event)
         if stage != "refit":
@@ -120,6 +124,16 @@ class LiveMap(Callback):
         if self.save and self.frames and Path(out_dir).is_dir():
             save_frames(out_dir, self.frames)
         self.run = None
+
+    def _fold_end(self, end: dict) -> None:
+        """A shown fold ends (by its length, its budget or a stall): its last state is
+        drawn whatever the interval, so even a fold of a second or two shows how it moved
+        the points (one frame more a run at most)."""
+        stage = f"fold {end['fold']}"
+        if stage != self.stage or (self.frames[-1].stage == stage and self.frames[-1].step == end["step"]):
+            return
+        self.last_step = int(end["step"])
+        self._take(stage, self.last_step)
 
     # -------------------------------------------------------------- frames
     def _stage_of(self, event: TrainEvent) -> tuple[str | None, int]:

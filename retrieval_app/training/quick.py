@@ -230,6 +230,9 @@ class QuickProtocol:
             loop.run(steps=planned, eval_at=lambda s, _e: is_eval_step(s), on_eval=measure, on_progress=self._progress(f"fold {number}"))
         if rows[-1]["step"] != loop.steps:
             rows.append(self._measure(net, fold, number, loop.steps, None, loop.monitor.window()))
+        # The fold's head as it ends, before the next fold replaces it (the live map draws it).
+        self.emit(TrainEvent("data", phase=f"fold {number}", step=self.clock.steps if self.clock else 0,
+                             data={"fold_end": {"fold": number, "step": loop.steps}}))
         return rows, loop.steps
 
     @torch.no_grad()

@@ -3,7 +3,8 @@
 
 - ``process`` (the app's default): `ProcessTrainingJob`, the trainer in its own process;
   a crash there leaves the app running and says why, the process sets its own threads.
-  It costs a second or two of start-up (importing torch) per run.
+  Its start-up (a new Python process importing torch: seconds) is paid ahead of time
+  by a standby worker (`standby.py`) when the app gives one.
 - ``thread``: `TrainingJob`, the trainer in a thread of the caller; starts at once and
   shares the caller's memory (callbacks need not pickle), but a crash in native code
   takes the caller down with it.
@@ -12,21 +13,31 @@ Both give the same events, snapshots and outcomes."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..choices import DEFAULT_TRAINING_RUNNER, TRAINING_RUNNERS
 from ..errors import RetrievalAppError
 from .config import TrainConfig
 from .events import EventCallback, ignore_event
 from .job import TrainingJob
+from .standby import StandbyWorker
 from .subprocess_job import ProcessTrainingJob
 
-RUNNERS: dict[str, type[TrainingJob]] = {"process": ProcessTrainingJob, "thread": TrainingJob}
+def _process_job(config: TrainConfig, *, standby: StandbyWorker | None = None, **kwargs) -> TrainingJob:
+    return ProcessTrainingJob(config, standby=standby, **kwargs)
+
+
+def _thread_job(config: TrainConfig, *, standby: StandbyWorker | None = None, **kwargs) -> TrainingJob:
+    return TrainingJob(config, **kwargs)  # a thread has nothing to start ahead of time
+
+
+RUNNERS: dict[str, Callable[..., TrainingJob]] = {"process": _process_job, "thread": _thread_job}
 
 
 def training_job(config: TrainConfig, runner: str = DEFAULT_TRAINING_RUNNER, *, on_event: EventCallback = ignore_event,
-                 callbacks: Sequence = ()) -> TrainingJob:
-    """A job (not started) that runs `config` with `runner`."""
+                 callbacks: Sequence = (), standby: StandbyWorker | None = None) -> TrainingJob:
+    """A job (not started) that runs `config` with `runner`; `standby`: the app's worker
+    started ahead of time, which a process job takes (see standby.py)."""
     if runner not in RUNNERS:
         raise RetrievalAppError(f"unknown training runner {runner!r} (choose from {', '.join(RUNNERS)})")
-    return RUNNERS[runner](config, on_event=on_event, callbacks=callbacks)
+    return RUNNERS[runner](config, on_event=on_event, callbacks=callbacks, standby=standby)

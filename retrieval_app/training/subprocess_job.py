@@ -30,7 +30,7 @@ import time
 import traceback
 from collections import deque
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..atomic import atomic_write_text
 from ..errors import RetrievalAppError
@@ -38,6 +38,10 @@ from . import wire
 from .config import TrainConfig
 from .events import EventCallback, ignore_event
 from .job import CANCELLED_EARLY, JobSnapshot, Outcome, TrainingJob
+from .worker import ENV_PREFIX
+
+if TYPE_CHECKING:
+    from .standby import StandbyWorker
 
 WORKER_MODULE = "retrieval_app.training.worker"
 CANCEL_GRACE_S = 10.0  # after a cancel: the worker is killed if it has not ended by then
@@ -53,10 +57,12 @@ class ProcessTrainingJob(TrainingJob):
     count (None: every core it may use)."""
 
     def __init__(self, config: TrainConfig, on_event: EventCallback = ignore_event, callbacks: Sequence = (), *,
-                 cancel_grace_s: float = CANCEL_GRACE_S, threads: int | None = None) -> None:
+                 cancel_grace_s: float = CANCEL_GRACE_S, threads: int | None = None, standby: "StandbyWorker | None" = None) -> None:
         super().__init__(config, on_event=on_event, callbacks=callbacks)
         self.cancel_grace_s = cancel_grace_s
         self.threads = threads
+        self.standby = standby  # a worker started ahead of time to take, and to refill when the run ends
+        self.took_standby = False
         self._proc: subprocess.Popen | None = None
         self._done = threading.Event()
         self._output_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
@@ -71,19 +77,19 @@ class ProcessTrainingJob(TrainingJob):
         if self._proc is not None:
             raise RetrievalAppError("this training job was already started")
         self.config.validate()  # bad settings fail here, in the caller, as with a thread
-        spec = wire.dumps({"config": self.config.to_dict(), "callbacks": self._pickled_callbacks(), "threads": self.threads})
+        spec = wire.dumps({"config": self.config.to_dict(), "callbacks": self._pickled_callbacks(), "threads": self.threads,
+                           "env": app_environment()})
         self._workdir = Path(tempfile.mkdtemp(prefix="retrieval-app-train-"))
         spec_path = self._workdir / "job.json"
         atomic_write_text(spec_path, spec)
         started_at = time.time()
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", WORKER_MODULE, str(spec_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=worker_environment(), start_new_session=True,
-            )
-        except OSError as exc:
-            self._remove_workdir()
-            raise RetrievalAppError(f"could not start the training process: {exc}") from None
+        self._proc = self._standby_worker(spec_path)
+        if self._proc is None:
+            try:
+                self._proc = spawn_worker(str(spec_path))
+            except OSError as exc:
+                self._remove_workdir()
+                raise RetrievalAppError(f"could not start the training process: {exc}") from None
         with self._lock:
             self._snapshot = JobSnapshot(state="running", phase="starting", started_at=started_at)
         atexit.register(self._stop_at_exit)
@@ -91,6 +97,20 @@ class ProcessTrainingJob(TrainingJob):
         self._stderr_reader.start()
         threading.Thread(target=self._read_messages, name=f"train-{self.config.name}-events", daemon=True).start()
         return self
+
+    def _standby_worker(self, spec_path: Path) -> subprocess.Popen | None:
+        """The standby worker, given this run's spec (None: none was waiting, or it died)."""
+        worker = self.standby.take() if self.standby is not None else None
+        if worker is None:
+            return None
+        try:
+            worker.stdin.write(str(spec_path).encode("utf-8") + b"\n")
+            worker.stdin.flush()
+        except (OSError, ValueError):  # it ended meanwhile: a fresh worker instead
+            worker.kill()
+            return None
+        self.took_standby = True
+        return worker
 
     def cancel(self) -> None:
         """Ask the worker to stop (it answers with its outcome, usually within a batch);
@@ -180,6 +200,8 @@ class ProcessTrainingJob(TrainingJob):
 
     def _handle(self, message) -> None:
         kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "ready":  # a standby worker's imports are done; "started" follows
+            return
         if kind == "started":
             with self._lock:
                 self._started = True
@@ -219,6 +241,8 @@ class ProcessTrainingJob(TrainingJob):
         super()._finish(state, **kwargs)
         self._done.set()
         atexit.unregister(self._stop_at_exit)
+        if self.standby is not None:  # the next run's worker, started now that this one is over
+            self.standby.warm()
 
     # ------------------------------------------------------------ setup
     def _pickled_callbacks(self) -> str | None:
@@ -233,6 +257,20 @@ class ProcessTrainingJob(TrainingJob):
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+
+
+def spawn_worker(argument: str) -> subprocess.Popen:
+    """A worker process for a spec's path, or `--standby` (see worker.py), talking
+    through pipes, in its own session (a Ctrl-C in the app's terminal is the app's)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", WORKER_MODULE, argument], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=worker_environment(), start_new_session=True,
+    )
+
+
+def app_environment() -> dict[str, str]:
+    """The app's own settings in this environment (see `worker.apply_environment`)."""
+    return {name: value for name, value in os.environ.items() if name.startswith(ENV_PREFIX)}
 
 
 def worker_environment() -> dict[str, str]:

@@ -15,6 +15,11 @@ streams:
   pipe is used rather than Linux's PR_SET_PDEATHSIG, which fires when the *thread* that
   started the child ends (a web server's worker thread may) and exists on Linux only.
 
+`python -m retrieval_app.training.worker --standby` is a worker started ahead of time
+(`standby.py`): it imports torch and the trainer, says ``{"type": "ready"}``, and waits
+for one line on stdin, the spec's path; from there it runs as above. End of file
+instead: it exits, nothing done.
+
 SIGTERM and SIGINT cancel too (a second one ends the process at once), so `kill` or a
 launcher that forwards signals stops a run the same way the app's Cancel does."""
 
@@ -35,6 +40,8 @@ from . import wire
 
 EXIT_AFTER_PARENT_GONE_S = 10.0  # a cancelled run normally stops within a batch
 EXIT_PARENT_GONE = 3  # the exit code when the run did not stop in time after that
+STANDBY_FLAG = "--standby"
+ENV_PREFIX = "RETRIEVAL_APP_"
 
 
 class Channel:
@@ -94,12 +101,15 @@ def claim_stdout() -> BinaryIO:
     return messages
 
 
-def watch_parent(stdin_fd: int, cancel: threading.Event) -> threading.Thread:
+def watch_parent(stdin_fd: int, cancel: threading.Event, pending: bytes = b"") -> threading.Thread:
     """Commands from the parent, read from the raw file descriptor: a thread blocked in
-    `sys.stdin`'s buffered reader would hold its lock and abort the interpreter's exit."""
+    `sys.stdin`'s buffered reader would hold its lock and abort the interpreter's exit.
+    `pending`: bytes already read after the spec's line (a standby worker)."""
 
     def read() -> None:
-        pending = b""
+        nonlocal pending
+        if any(line.strip() == b"cancel" for line in pending.split(b"\n")[:-1]):
+            cancel.set()
         while chunk := _read(stdin_fd):
             pending += chunk
             *lines, pending = pending.split(b"\n")
@@ -113,6 +123,29 @@ def watch_parent(stdin_fd: int, cancel: threading.Event) -> threading.Thread:
     thread = threading.Thread(target=read, name="parent-watch", daemon=True)
     thread.start()
     return thread
+
+
+def read_spec_line(fd: int) -> tuple[str | None, bytes]:
+    """A standby worker's job: the spec's path on one line of stdin, and any bytes read
+    after it. (None, b""): end of file, the app no longer needs this worker."""
+    pending = b""
+    while b"\n" not in pending:
+        chunk = _read(fd)
+        if not chunk:
+            return None, b""
+        pending += chunk
+    line, rest = pending.split(b"\n", 1)
+    return line.decode("utf-8").strip(), rest
+
+
+def apply_environment(env: dict[str, str] | None) -> None:
+    """The app's own settings (RETRIEVAL_APP_*: cache and models directories...) as they
+    were when the job was sent: a standby worker was started earlier, maybe under others."""
+    if env is None:
+        return
+    for name in [n for n in os.environ if n.startswith(ENV_PREFIX) and n not in env]:
+        del os.environ[name]
+    os.environ.update(env)
 
 
 def _read(fd: int) -> bytes:
@@ -148,14 +181,23 @@ def set_threads(count: int | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m retrieval_app.training.worker SPEC.json (started by the app)", file=sys.stderr)
+        print(f"usage: python -m retrieval_app.training.worker SPEC.json | {STANDBY_FLAG} (started by the app)", file=sys.stderr)
         return 2
     cancel = threading.Event()
     channel = Channel(claim_stdout(), cancel)
+    spec_path, pending = args[0], b""
+    if spec_path == STANDBY_FLAG:  # import now, then wait for a job: its start costs no import
+        from . import job as _job  # noqa: F401  (torch and the trainer)
+
+        channel.send({"type": "ready"})
+        spec_path, pending = read_spec_line(sys.stdin.fileno())
+        if spec_path is None:
+            return 0
     cancel_on_signals(cancel)
-    watch_parent(sys.stdin.fileno(), cancel)
+    watch_parent(sys.stdin.fileno(), cancel, pending)
     channel.send({"type": "started"})  # from now on a cancel is heard
-    spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    apply_environment(spec.get("env"))
 
     from .config import TrainConfig  # torch is imported from here on
     from .job import run_trainer

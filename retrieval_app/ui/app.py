@@ -300,6 +300,11 @@ def _blend_choice(blend) -> float | None:
 CANCEL_WAIT_S = 0.9  # a cancel answers with the outcome when the run stops this soon
 
 
+def prepare_training(state: SessionState | None) -> None:
+    if state is not None:
+        state.prepare_training()
+
+
 def cancel_training(state: SessionState | None):
     """Ask the running job to stop and wait a moment for it: most runs stop within a
     step, so the answer is the outcome itself; the timer's next tick settles the rest
@@ -378,9 +383,16 @@ def poll_training(state: SessionState | None):
     if state is None or state.job is None:
         return (state, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip(), *dial_skip, *_panel_skip())
     snap = state.job.snapshot()
-    status, curves, validation = _status_text(snap), _curves(snap), _validation(snap)
     if not snap.finished:
-        return (state, status, curves, validation, gr.skip(), gr.Timer(active=True), gr.skip(), *dial_skip, *_panel(state, snap))
+        curves, validation, panel = _curves(snap), _validation(snap), _panel(state, snap)
+        # The figures take a while on a busy machine, and meanwhile a Cancel may have
+        # answered with the outcome: the status comes from the job as it is now, so a
+        # tick that began before the cancel does not show "running" after its answer.
+        latest = state.job.snapshot()
+        if latest.finished:
+            return poll_training(state)
+        return (state, _status_text(latest), curves, validation, gr.skip(), gr.Timer(active=True), gr.skip(), *dial_skip, *panel)
+    status, curves, validation = _status_text(snap), _curves(snap), _validation(snap)
     table, adopt = (_before_after(snap.result) if snap.result is not None else []), gr.skip()
     first = not state.job_consumed
     switch_to = state.take_outcome(snap)
@@ -648,7 +660,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
             suspicious_table = gr.Dataframe(headers=inspect_view.SUSPICIOUS_HEADERS, label="Most suspicious first", elem_id="suspicious-table", interactive=False, max_height=320)
             suspicious_pairs = gr.Gallery(label="Each image (left) beside its nearest image of the class it looks like (right)", columns=4, height=420, elem_id="suspicious-pairs", object_fit="contain", allow_preview=True)
         verify_view.build_verify_panel(state)
-        with gr.Accordion("4 · Fine-tune with a triplet loss", open=False):
+        with gr.Accordion("4 · Fine-tune with a triplet loss", open=False) as train_panel:
             with gr.Row():
                 backbone = gr.Dropdown(label="Backbone", choices=list_models(), value=DEFAULT_BACKBONE)
                 mode = gr.Radio(label="Mode", choices=list(TRAIN_MODES), value=DEFAULT_TRAIN_MODE, info="quick: frozen backbone, head only")
@@ -707,6 +719,8 @@ def build_app(config: AppConfig) -> gr.Blocks:
         # Raw upload, decoded by the app (query_input.py); two decodes at a time at most.
         query.upload(query_image, [state, query, k], [state, gallery, result], preprocess=False, concurrency_limit=2, concurrency_id="query_image", api_name="query_image").then(redraw_highlight, state, plot, show_progress="hidden", **private)
         k.change(change_k, [state, k], [state, gallery, result], trigger_mode="always_last", api_name="set_k").then(redraw_highlight, state, plot, show_progress="hidden", **private)
+        # Opening the panel starts the app's training process ahead of time (its imports take seconds).
+        train_panel.expand(prepare_training, state, None, show_progress="hidden", **private)
         start.click(start_training, [state, backbone, mode, distance, margin, mining, epochs, budget, name, blend, preset], [state, train_status, timer], api_name="train")
         preset.change(preset_form, preset, [distance, margin, mining], **private)
         cancel.click(cancel_training, state, train_status, concurrency_limit=None, show_progress="hidden", api_name="cancel_training")

@@ -24,7 +24,15 @@ def make_app(folder: Path | None, *, share: bool = False, data_roots: list[str] 
     roots = data_roots or [p for p in (folder, sample_data_dir()) if p is not None]
     restricted = share if restrict_folders is None else restrict_folders
     config = AppConfig(folder=folder, data_roots=DataRoots.of(roots, restricted=restricted), sessions=SessionRegistry(training_runner))
-    return build_app(config)
+    demo = build_app(config)
+    blocks_close = demo.close
+
+    def close(*args, **kwargs):  # the app's standby training process ends with it
+        config.sessions.close()
+        return blocks_close(*args, **kwargs)
+
+    demo.close = close
+    return demo
 
 
 def launch_app(*, folder: Path | None, host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None, data_roots: list[str] | None = None, open_browser: bool = True, block: bool = True, restrict_folders: bool | None = None, max_file_size: int = MAX_UPLOAD_FILE_BYTES,
@@ -48,7 +56,7 @@ def launch_app(*, folder: Path | None, host: str = "127.0.0.1", port: int = 7860
     # prints its own lines below, naming its own --share option.
     kwargs = dict(server_name=host, server_port=port, auth=credentials, allowed_paths=allowed_paths(), inbrowser=open_browser, run_history=False, head=page_head(), css=PAGE_CSS, prevent_thread_lock=True, show_error=True, quiet=True, max_file_size=max_file_size)
     try:
-        demo.launch(share=share, **kwargs)
+        demo = _launch_local_or_shared(demo, share, kwargs)
     except Exception as exc:
         if not share:
             raise
@@ -61,6 +69,25 @@ def launch_app(*, folder: Path | None, host: str = "127.0.0.1", port: int = 7860
     _print_addresses(demo, share)
     if block:
         demo.block_thread()
+    return demo
+
+
+LOCAL_CHECK_TRIES = 3  # Gradio's check that the page answers gives up after one 3 s request
+
+
+def _launch_local_or_shared(demo, share: bool, kwargs: dict):
+    """`demo.launch`; when Gradio's check that the local page answers fails (a single
+    request with a 3 s timeout: a machine busy with other work can miss it), the server
+    is closed and started again, up to `LOCAL_CHECK_TRIES` times."""
+    for attempt in range(1, LOCAL_CHECK_TRIES + 1):
+        try:
+            demo.launch(share=share, **kwargs)
+            return demo
+        except ValueError as exc:
+            if share or "localhost is not accessible" not in str(exc) or attempt == LOCAL_CHECK_TRIES:
+                raise
+            print(f"The local page did not answer in time (attempt {attempt}); starting the server again.", file=sys.stderr, flush=True)
+            demo.close()
     return demo
 
 

@@ -27,6 +27,7 @@ from ..training import JobSnapshot, TrainConfig, TrainingJob, checkpoint_distanc
 from ..training.checkpoint import checkpoint_dial, is_head_only, set_checkpoint_blend
 from ..training.dial import Dial
 from ..training.runners import training_job
+from ..training.standby import StandbyWorker
 from ..training.live_map import LiveMap
 from .access import DataRoots
 from .live_map import LiveMapView
@@ -53,6 +54,7 @@ class SessionState:
     job: TrainingJob | None = None
     job_consumed: bool = False
     training_runner: str = DEFAULT_TRAINING_RUNNER  # where runs go: see training/runners.py
+    standby: StandbyWorker | None = None  # the app's training process started ahead of time (process runner)
     # The specialise <-> generalise dial of the latest quick-mode run (or of a model picked
     # in the Models section), the model it belongs to (None: the run kept the backbone and
     # saved nothing) and that run's settings (to train again at another point).
@@ -224,9 +226,15 @@ class SessionState:
     def _start(self, config: TrainConfig) -> TrainingJob:
         if self.job is not None and self.job.running:
             raise RetrievalAppError("a training run is already going; cancel it first")
-        self.job = training_job(config, self.training_runner, callbacks=[LiveMap()]).start()  # its frames: the panel's live map
+        self.job = training_job(config, self.training_runner, callbacks=[LiveMap()], standby=self.standby).start()  # its frames: the panel's live map
         self.job_consumed = False
         return self.job
+
+    def prepare_training(self) -> None:
+        """The user is about to train: start the app's standby training process now
+        (importing torch takes seconds) unless one waits already or a run is going."""
+        if self.standby is not None and not (self.job is not None and self.job.running):
+            self.standby.warm()
 
     def take_outcome(self, snap: JobSnapshot) -> Path | None:
         """Once per finished run: remember its dial, and say which model to switch to (the
@@ -278,14 +286,21 @@ class SessionRegistry:
 
     def __init__(self, training_runner: str = DEFAULT_TRAINING_RUNNER) -> None:
         self.training_runner = training_runner  # given to every new session
+        # One training process started ahead of time for the whole app (process runner).
+        self.standby = StandbyWorker() if training_runner == "process" else None
         self._sessions: weakref.WeakValueDictionary[str, SessionState] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
 
     def new(self) -> SessionState:
-        state = SessionState(training_runner=self.training_runner)
+        state = SessionState(training_runner=self.training_runner, standby=self.standby)
         with self._lock:
             self._sessions[state.page_token] = state
         return state
+
+    def close(self) -> None:
+        """The app closes: its standby training process ends."""
+        if self.standby is not None:
+            self.standby.close()
 
     def get(self, token) -> SessionState | None:
         if not isinstance(token, str):
