@@ -32,34 +32,15 @@ FRAMES_SEEN_JS = """([plot, wanted]) => {
 
 
 def take(out: Path, width: int, height: int, budget: float, frames: int) -> None:
-    from playwright.sync_api import sync_playwright
-
-    from retrieval_app.paths import sample_data_dir
-    from retrieval_app.ui.launch import launch_app
-
-    port = ui_helpers.free_port()
-    demo = launch_app(folder=sample_data_dir(), port=port, open_browser=False, block=False)
-    try:
-        with sync_playwright() as p:
-            browser = ui_helpers.launch_chromium(p)
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.goto(f"http://127.0.0.1:{port}")
-            ui_helpers.wait_for_map(page, timeout_ms=600_000)
-            page.get_by_text("4 · Fine-tune with a triplet loss").click()
-            page.get_by_label("Time budget, s (optional)").fill(f"{budget:g}")
-            page.get_by_label("Model name (optional)").fill("sample-live")
-            page.locator("#train-start").click()
-            page.wait_for_function(FRAMES_SEEN_JS, arg=[LIVE_PLOT, frames], polling=100, timeout=600_000)
-            page.wait_for_timeout(350)  # the last transition
-            scroll = page.evaluate("window.scrollY")
-            top, bottom = page.locator("#train-status").bounding_box(), page.locator("#live-map").bounding_box()
-            clip = {"x": 0, "y": scroll + top["y"] - 8, "width": width, "height": bottom["y"] + bottom["height"] - top["y"] + 16}
-            out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(out), full_page=True, clip=clip)
-            page.locator("#train-cancel").click()
-            browser.close()
-    finally:
-        demo.close()
+    with ui_helpers.app_page(width=width, height=height) as page:
+        page.get_by_text("4 · Fine-tune with a triplet loss").click()
+        page.get_by_label("Time budget, s (optional)").fill(f"{budget:g}")
+        page.get_by_label("Model name (optional)").fill("sample-live")
+        page.locator("#train-start").click()
+        page.wait_for_function(FRAMES_SEEN_JS, arg=[LIVE_PLOT, frames], polling=100, timeout=600_000)
+        page.wait_for_timeout(350)  # the last transition
+        ui_helpers.screenshot_between(page, out, "#train-status", "#live-map", width)
+        page.locator("#train-cancel").click()
 
 
 def main() -> None:

@@ -21,72 +21,36 @@ import ui_helpers  # noqa: E402
 
 
 def take(out: Path, query_class: str, width: int, height: int) -> None:
-    from playwright.sync_api import sync_playwright
-
-    from retrieval_app.paths import sample_data_dir
-    from retrieval_app.ui.launch import launch_app
-
-    port = ui_helpers.free_port()
-    demo = launch_app(folder=sample_data_dir(), port=port, open_browser=False, block=False)
-    try:
-        with sync_playwright() as p:
-            browser = ui_helpers.launch_chromium(p)
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.goto(f"http://127.0.0.1:{port}")
-            ui_helpers.wait_for_map(page, timeout_ms=600_000)
-            ui_helpers.wait_for_method(page, "UMAP", timeout_ms=600_000)
-            candidates = [ui_helpers.point_position(page, i) for i in ui_helpers.isolated_points(page, radius_px=3.0)]
-            point = next((c for c in candidates if c["label"] == query_class), candidates[0])
-            ui_helpers.click_point(page, point["index"])
-            ui_helpers.wait_for_query_result(page, f"{point['id']} (class")
-            k = int(page.input_value("#k-slider input[type=number]"))
-            ui_helpers.wait_for_gallery(page, k)
-            ui_helpers.wait_for_highlight(page, point, k)
-            page.wait_for_function("() => [...document.querySelectorAll('#neighbour-gallery img')].every(i => i.complete && i.naturalWidth > 0)")
-            page.mouse.move(point["x"] + 40, point["y"] + 40)
-            page.mouse.move(point["x"], point["y"], steps=5)  # hover the query: its thumbnail tip
-            page.wait_for_timeout(800)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(out))
-            browser.close()
-    finally:
-        demo.close()
+    with ui_helpers.app_page(width=width, height=height) as page:
+        ui_helpers.wait_for_method(page, "UMAP", timeout_ms=600_000)
+        candidates = [ui_helpers.point_position(page, i) for i in ui_helpers.isolated_points(page, radius_px=3.0)]
+        point = next((c for c in candidates if c["label"] == query_class), candidates[0])
+        ui_helpers.click_point(page, point["index"])
+        ui_helpers.wait_for_query_result(page, f"{point['id']} (class")
+        k = int(page.input_value("#k-slider input[type=number]"))
+        ui_helpers.wait_for_gallery(page, k)
+        ui_helpers.wait_for_highlight(page, point, k)
+        page.wait_for_function("() => [...document.querySelectorAll('#neighbour-gallery img')].every(i => i.complete && i.naturalWidth > 0)")
+        page.mouse.move(point["x"] + 40, point["y"] + 40)
+        page.mouse.move(point["x"], point["y"], steps=5)  # hover the query: its thumbnail tip
+        page.wait_for_timeout(800)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out))
 
 
 def take_dial(out: Path, width: int, height: int, blend: float = 1.0) -> None:
     """A quick run with the default settings, then the dial's slider moved to `blend`."""
-    from playwright.sync_api import sync_playwright
-
-    from retrieval_app.paths import sample_data_dir
-    from retrieval_app.ui.launch import launch_app
-
-    port = ui_helpers.free_port()
-    demo = launch_app(folder=sample_data_dir(), port=port, open_browser=False, block=False)
-    try:
-        with sync_playwright() as p:
-            browser = ui_helpers.launch_chromium(p)
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.goto(f"http://127.0.0.1:{port}")
-            ui_helpers.wait_for_map(page, timeout_ms=600_000)
-            header = page.get_by_text("4 · Fine-tune with a triplet loss")
-            header.click()
-            page.get_by_label("Model name (optional)").fill("sample")
-            page.locator("#train-start").click()
-            page.wait_for_function("() => /Kept|nothing was saved|Error/.test(document.querySelector('#train-status').innerText)", timeout=600_000)
-            box = page.locator("#dial-blend input[type=number]")
-            box.fill(f"{blend:g}")
-            box.press("Enter")
-            page.wait_for_function("(b) => document.querySelector('#dial-text').innerText.includes('Blend ' + b)", arg=f"{blend:g}", timeout=60_000)
-            page.wait_for_timeout(800)
-            # Bounding boxes are relative to the viewport; a full-page clip to the page.
-            scroll = page.evaluate("window.scrollY")
-            top, bottom = header.bounding_box(), page.locator("#dial-plot").bounding_box()
-            clip = {"x": 0, "y": scroll + top["y"] - 8, "width": width, "height": bottom["y"] + bottom["height"] - top["y"] + 16}
-            out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(out), full_page=True, clip=clip)
-            browser.close()
-    finally:
-        demo.close()
+    with ui_helpers.app_page(width=width, height=height) as page:
+        page.get_by_text("4 · Fine-tune with a triplet loss").click()
+        page.get_by_label("Model name (optional)").fill("sample")
+        page.locator("#train-start").click()
+        page.wait_for_function("() => /Kept|nothing was saved|Error/.test(document.querySelector('#train-status').innerText)", timeout=600_000)
+        box = page.locator("#dial-blend input[type=number]")
+        box.fill(f"{blend:g}")
+        box.press("Enter")
+        page.wait_for_function("(b) => document.querySelector('#dial-text').innerText.includes('Blend ' + b)", arg=f"{blend:g}", timeout=60_000)
+        page.wait_for_timeout(800)
+        ui_helpers.screenshot_between(page, out, "text=4 · Fine-tune with a triplet loss", "#dial-plot", width)
 
 
 def main() -> None:

@@ -6,8 +6,10 @@ Debian's chromium (/usr/bin/chromium) is used as is; Playwright's own browser do
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
+from typing import Iterator
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -71,6 +73,40 @@ def launch_chromium(playwright):
     if not CHROMIUM.exists():
         raise FileNotFoundError(f"{CHROMIUM} is not installed")
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+
+@contextlib.contextmanager
+def app_page(folder: Path | None = None, *, width: int = 1400, height: int = 1100, timeout_ms: int = 600_000) -> Iterator:
+    """The app on `folder` (default sample_data/) on a free port, and a headless chromium
+    page of `width` × `height` with its first map drawn; everything closed afterwards
+    (the screenshot scripts)."""
+    from playwright.sync_api import sync_playwright
+
+    from retrieval_app.paths import sample_data_dir
+    from retrieval_app.ui.launch import launch_app
+
+    port = free_port()
+    demo = launch_app(folder=folder or sample_data_dir(), port=port, open_browser=False, block=False)
+    try:
+        with sync_playwright() as p:
+            browser = launch_chromium(p)
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(f"http://127.0.0.1:{port}")
+            wait_for_map(page, timeout_ms=timeout_ms)
+            yield page
+            browser.close()
+    finally:
+        demo.close()
+
+
+def screenshot_between(page, out: Path, top_selector: str, bottom_selector: str, width: int) -> None:
+    """A full-page screenshot from the top of one element to the bottom of another
+    (bounding boxes are relative to the viewport; the clip to the page)."""
+    scroll = page.evaluate("window.scrollY")
+    top, bottom = page.locator(top_selector).first.bounding_box(), page.locator(bottom_selector).bounding_box()
+    clip = {"x": 0, "y": scroll + top["y"] - 8, "width": width, "height": bottom["y"] + bottom["height"] - top["y"] + 16}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(out), full_page=True, clip=clip)
 
 
 def wait_for_map(page, timeout_ms: int = 240_000) -> None:
