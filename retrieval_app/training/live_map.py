@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..retrieval.aligned_layout import AlignedPCA
+from ..threads import workload_threads
 from .callbacks import Callback, RunView
 from .events import TrainEvent
 from .map_frames import MapFrame, MapPoints, save_frames
@@ -152,7 +153,8 @@ class LiveMap(Callback):
         began = self.clock()
         with torch.random.fork_rng(devices=[]):  # frames never change training's random draws
             embeddings = self.run.embed(self.rows)
-        coords = self.layout.place(embeddings)
+        with workload_threads("head"):  # a 2-D layout of ≤ 2,000 points: small products, one thread
+            coords = self.layout.place(embeddings)
         ended = self.clock()
         # The next frame waits out the interval, and long enough for this one's cost to be
         # at most `cost_share` of the time between them.
