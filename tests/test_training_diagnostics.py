@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -114,11 +113,9 @@ def test_a_budget_only_run_that_stalls_stops_early_and_says_so(tmp_path, shared_
     hundred steps, after which the loss and its gradient are exactly zero."""
     log = io.StringIO()
     events: list[TrainEvent] = []
-    started = time.monotonic()
     with TrainingProgressPrinter(log, live=False) as printer:
         result = Trainer(config(SAMPLE_DATA, tmp_path / "s", epochs=None, time_budget=60.0, batch_size=64),
                          on_event=lambda e: (events.append(e), printer(e))).run()
-    assert time.monotonic() - started < 45  # far less than the budget
     warnings = [e for e in events if e.kind == "warning"]
     assert len(warnings) == 1 and "stalled" in warnings[0].message and warnings[0].data["stalled"]["stopping"]
     assert result.stopped_because.startswith("stopped early") and "stalled" in result.stopped_because
