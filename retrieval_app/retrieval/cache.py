@@ -276,11 +276,16 @@ def cached_embeddings(
     remove_stale_temp_files(folder)
     stored = read_store(folder)
     hits, sources, misses, n_removed = _match(records, stored)
-    result = EmbeddingResult(
-        np.zeros((len(records), stored.dim or output_dim(net, output) or 0), dtype=np.float32), np.zeros(len(records), dtype=bool),
-        n_cached=len(hits), n_computed=len(misses),
-    )
-    if len(hits):
+    if _store_is_the_result(hits, sources, len(records), stored):
+        # The usual re-open (nothing changed): the store's rows are the records' in order,
+        # so its array is the result; a copy would hold the vectors twice at the peak.
+        result = EmbeddingResult(stored.vectors, np.ones(len(records), dtype=bool), n_cached=len(hits))
+    else:
+        result = EmbeddingResult(
+            np.zeros((len(records), stored.dim or output_dim(net, output) or 0), dtype=np.float32), np.zeros(len(records), dtype=bool),
+            n_cached=len(hits), n_computed=len(misses),
+        )
+    if len(hits) and not result.ok.all():
         if result.embeddings.shape[1] != stored.dim:
             result.embeddings = np.zeros((len(records), stored.dim), dtype=np.float32)
         copy_rows(result.embeddings, hits, stored.vectors, sources)
@@ -295,6 +300,11 @@ def cached_embeddings(
     if merge and (len(misses) or result.n_removed or stored.damaged or (stored.files and not merged_already)):
         _merge(folder, records, result, [*stored.files, *writer.written])
     return result
+
+
+def _store_is_the_result(hits: np.ndarray, sources: np.ndarray, n_records: int, stored: StoredVectors) -> bool:
+    """Every record is served, by the stored row of the same position."""
+    return len(hits) == n_records == len(stored.vectors) and bool((sources == np.arange(n_records)).all())
 
 
 COPY_ROWS = 8192  # rows gathered at a time: no temporary the size of the whole store
