@@ -12,9 +12,15 @@ against the number of images.
    end), with the small CNN (untrained: this measures the pipeline, not the network),
    for each N in `--sizes`. Worker processes' peak is reported separately (ru_maxrss of
    the children). The vectors themselves are N × D × 4 bytes and are listed beside it.
+   The whole folder's scan stays alive in every run, so each size starts from the same
+   process and the growth is the embedding's alone (slicing the scan's records used to
+   free the rest, whose memory the smaller sizes then reused). `--traced`: instead,
+   the peak of Python and NumPy allocations (tracemalloc; torch's own are not traced)
+   during the first run and during a re-open that reads the store; slower, so images/s
+   is left out.
 
     python bench/bench_embed_scale.py photos [--photos 64] [--rounds 2]
-    python bench/bench_embed_scale.py memory [--sizes 20000 50000 100000]
+    python bench/bench_embed_scale.py memory [--sizes 20000 50000 100000] [--traced]
 """
 
 from __future__ import annotations
@@ -104,15 +110,18 @@ def memory_folder() -> Path:
     return make_folder(work, 100_000)
 
 
-def memory_worker(folder: str, n: int) -> dict:
+def memory_worker(folder: str, n: int, traced: bool = False) -> dict:
     """One size, in this (fresh) process."""
     from retrieval_app.data import scan_folder
     from retrieval_app.networks import create_model
     from retrieval_app.retrieval.cache import cached_embeddings
     from retrieval_app.retrieval.embed import default_workers
 
-    records = scan_folder(folder, check_images=False).records[:n]
+    scan = scan_folder(folder, check_images=False)  # kept whole (see the module docstring)
+    records = scan.records[:n]
     net = create_model("small_cnn", pretrained=False, dim=64).eval()
+    if traced:
+        return traced_worker(net, records)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
@@ -125,19 +134,42 @@ def memory_worker(folder: str, n: int) -> dict:
             "vectors_mb": round(result.embeddings.nbytes / 2**20, 1)}
 
 
+def traced_worker(net, records) -> dict:
+    """Peak Python + NumPy bytes (tracemalloc) above the start, first run and re-open."""
+    import tracemalloc
+
+    from retrieval_app.retrieval.cache import cached_embeddings
+
+    def peak_mb(fn) -> float:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        fn()
+        return round((tracemalloc.get_traced_memory()[1] - before) / 2**20, 1)
+
+    tracemalloc.start()
+    with tempfile.TemporaryDirectory() as cache:
+        embed = lambda: cached_embeddings(net, records, cache_dir=cache, device="cpu", batch_size=256)  # noqa: E731
+        first = peak_mb(embed)
+        reopen = peak_mb(embed)
+    dim = net.embedding_dim
+    return {"images": len(records), "traced_peak_mb": first, "reopen_traced_peak_mb": reopen,
+            "vectors_mb": round(len(records) * dim * 4 / 2**20, 1)}
+
+
 def memory(args) -> list[dict]:
     folder = args.folder or memory_folder()
     rows = []
     for n in args.sizes:
-        out = subprocess.run([sys.executable, __file__, "memory-worker", str(folder), str(n)], capture_output=True, text=True, check=True)
+        command = [sys.executable, __file__, "memory-worker", str(folder), str(n)] + (["traced"] if args.traced else [])
+        out = subprocess.run(command, capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "memory-worker":
-        print(json.dumps(memory_worker(sys.argv[2], int(sys.argv[3]))))
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "memory-worker":
+        print(json.dumps(memory_worker(sys.argv[2], int(sys.argv[3]), traced=sys.argv[4:] == ["traced"])))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=["photos", "memory"])
@@ -146,6 +178,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 50_000, 100_000])
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--folder", type=Path, default=None, help="memory: a folder of small images (default: bench_ui_click's 100k)")
+    parser.add_argument("--traced", action="store_true", help="memory: tracemalloc peaks instead of RSS (slower)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     result = photos(args) if args.what == "photos" else memory(args)

@@ -14,11 +14,15 @@ the fraction of exact search's 10 nearest that a backend returns; the IVF/HNSW k
 are tuned at build time on queries made from the index (see retrieval/tuning.py), so
 the recall here is measured on other queries than the ones they were tuned on.
 
+`--auto` adds the app's own choice (`build_index(backend="auto")`): IVF-Flat, or exact
+search where the tuned IVF-Flat was slower per query on its tuning sample; the row says
+which and why.
+
 HNSW at 1M took 16 minutes to build on this kind of machine (issue 14), so by default it
 is measured at --hnsw-size (100,000) and said so; --hnsw-size 1000000 to insist.
 
     python bench/bench_index.py [--sizes 100000 1000000] [--kinds separated harder]
-        [--hnsw-size 100000] [--pq] [--json out.json]
+        [--hnsw-size 100000] [--pq] [--auto] [--json out.json]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import time
 import numpy as np
 
 from retrieval_app.retrieval.ann import HnswIndex, IvfIndex
+from retrieval_app.retrieval.indexes import build_index
 from retrieval_app.retrieval.search import ExactIndex
 from retrieval_app.retrieval.tuning import recall_at_k
 
@@ -94,12 +99,15 @@ def measure(name: str, build, queries, truth, limit: int, scanned_bytes: int | N
     row = {
         "backend": name, "build_s": round(build_s, 1), "p50_ms": float(np.median(lat)), "p90_ms": float(np.percentile(lat, 90)),
         "recall_at_10": recall_at_k(found, truth), "tuned_recall": getattr(index, "recall", None), "params": dict(index.params), "queries_timed": len(lat),
+        "chosen": index.backend, "describe": index.describe(),
     }
     if scanned_bytes is not None:  # exact search: how near the memory bandwidth is it?
         row["bandwidth_floor_ms"] = scanned_bytes / (bandwidth * 1e9) * 1000
         row["bandwidth_ratio"] = row["bandwidth_floor_ms"] / row["p50_ms"]
     print(f"  {name:<22} build {row['build_s']:7.1f} s  p50 {row['p50_ms']:8.3f} ms  p90 {row['p90_ms']:8.3f} ms  recall@10 {row['recall_at_10']:.3f}  {row['params']}"
           + (f"  floor {row['bandwidth_floor_ms']:.2f} ms ({100 * row['bandwidth_ratio']:.0f} % of bandwidth)" if scanned_bytes else ""), flush=True)
+    if name == "auto":
+        print(f"    auto: {row['describe']}", flush=True)
     del index
     return row
 
@@ -110,6 +118,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="*", default=["separated", "harder"], choices=sorted(SPREAD))
     parser.add_argument("--hnsw-size", type=int, default=100_000, help="the only size HNSW is built at (0: never)")
     parser.add_argument("--pq", action="store_true", help="also IVF-PQ")
+    parser.add_argument("--auto", action="store_true", help="also the app's automatic choice")
     parser.add_argument("--exact-queries", type=int, default=100, help="queries timed one by one for exact search")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -130,6 +139,8 @@ def main() -> None:
                 runs.append(("hnsw", lambda: HnswIndex.build(vectors), N_QUERIES, None))
             if args.pq:
                 runs.append(("ivf_pq", lambda: IvfIndex.build(vectors, pq=True), N_QUERIES, None))
+            if args.auto:
+                runs.append(("auto", lambda: build_index(vectors, backend="auto"), N_QUERIES, None))
             for name, build, limit, scanned in runs:
                 row = measure(name, build, queries, truth, limit, scanned, bandwidth["read"])
                 rows.append({"n": n, "kind": kind, "load": os.getloadavg()[0], **row})

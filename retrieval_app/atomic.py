@@ -134,6 +134,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def atomic_write_stream(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """`write(handle)` fills a temp file that then replaces `path`; if `write` raises, the
+    temp file is removed, `path` is left as it was and the error propagates."""
+    return _atomic_write(path, write)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return _atomic_write(path, lambda handle: handle.write(data))
 

@@ -85,3 +85,29 @@ def test_the_load_progress_says_how_long_is_left():
     assert seen[0][1] == "embedding: 2/10 images" and seen[-1][1] == "embedding: 10/10 images"
     assert seen[1][1].startswith("embedding: 6/10 images, about ") and seen[1][1].endswith(" s left")
     assert [f for f, _ in seen] == sorted(f for f, _ in seen)
+
+
+def test_an_unchanged_reopen_returns_the_stored_array_without_a_copy(make_image_folder, tmp_path, monkeypatch):
+    """The store's rows are the records' in order: its array is the result (a copy would
+    hold the vectors twice at the peak); after a change, rows are gathered as before."""
+    import os
+
+    import torch
+
+    from retrieval_app.networks import create_model
+
+    torch.manual_seed(0)
+    net = create_model("small_cnn", dim=8, pretrained=False).eval()
+    folder = make_image_folder({"a": 3, "b": 3}, size=(40, 30))
+    first = cached_embeddings(net, scan_folder(folder), cache_dir=tmp_path, num_workers=0, device="cpu")
+    copies = []
+    original = cache_module.copy_rows
+    monkeypatch.setattr(cache_module, "copy_rows", lambda *args: (copies.append(len(args[1])), original(*args)))
+    again = cached_embeddings(net, scan_folder(folder), cache_dir=tmp_path, num_workers=0, device="cpu")
+    assert copies == [] and again.ok.all() and (again.n_cached, again.n_computed) == (6, 0)
+    np.testing.assert_array_equal(again.embeddings, first.embeddings)
+    touched = sorted(folder.rglob("*.jpg"))[0]
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    changed = cached_embeddings(net, scan_folder(folder), cache_dir=tmp_path, num_workers=0, device="cpu")
+    assert copies == [5] and (changed.n_cached, changed.n_computed) == (5, 1)
+    np.testing.assert_allclose(changed.embeddings, first.embeddings, atol=1e-6)

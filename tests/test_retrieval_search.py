@@ -113,6 +113,8 @@ def test_auto_backend_switches_at_the_threshold(monkeypatch):
     vectors = clustered(3000, 8, seed=7)
     assert isinstance(build_index(vectors), ExactIndex)
     monkeypatch.setattr(indexes, "EXACT_MAX_VECTORS", 1000)
+    # IVF measured faster than exact search (the timing rule is tested in test_auto_backend.py)
+    monkeypatch.setattr(indexes, "time_per_query", lambda pair, probe: [1e-4, 1e-3])
     auto = build_index(vectors)
     assert isinstance(auto, IvfIndex) and auto.backend == "ivf_flat"
     monkeypatch.setattr(indexes, "memory_bytes", lambda: 3000 * 8 * 4)  # the vectors would fill all of it

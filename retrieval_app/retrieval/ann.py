@@ -60,6 +60,7 @@ class IvfIndex(NearestNeighbourIndex):
         self.index, self.distance, self.pq = index, distance, pq
         self.backend = "ivf_pq" if pq else "ivf_flat"
         self.dim, self.trained_size, self.nprobe, self.recall = index.d, trained_size, nprobe, recall
+        self.sample: RecallProbe | None = None  # the last tuning's queries (`indexes` times them)
 
     @classmethod
     def build(cls, vectors: np.ndarray, distance: str = "euclidean", labels: np.ndarray | None = None, *, pq: bool = False, nlist: int | None = None, seed: int = 0) -> "IvfIndex":
@@ -107,6 +108,7 @@ class IvfIndex(NearestNeighbourIndex):
     def calibrate(self, vectors: np.ndarray, labels: np.ndarray) -> None:
         probe = RecallProbe(vectors, labels, self.distance)
         self.nprobe, self.recall = tune(self, probe, knob_steps(1, self.nlist), self._set_nprobe)
+        self.sample = probe
 
     def _set_nprobe(self, value: int) -> None:
         self.nprobe = value

@@ -24,6 +24,11 @@ Layout (never inside the image folder):
   keeps its work (a kill loses at most the last ~10 s); at the end everything is merged into `store.npz`, which then holds
   exactly the records asked for, and the parts are deleted. Readers merge the store and
   then the parts in name (time) order.
+- Files are written column by column in row chunks (`chunked_npz`, `STORE_CHUNK_ROWS`
+  rows at a time, straight from the records and the vectors) and ids are matched against
+  the store with a sorted search of its id array: a run holds no Python object, list,
+  set or dict per image beyond the scan's own records (their bookkeeping is a few int64
+  and bool arrays of one entry per image).
 - Every file is written atomically (temp file + fsync + rename): a killed process
   leaves the old file or the new one, never a torn one, plus a temp file that the next
   open of the same cache folder removes (`atomic.remove_stale_temp_files`: only when its
@@ -42,11 +47,12 @@ import time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_numpy_save, remove_stale_temp_files
+from ..atomic import remove_stale_temp_files
+from ..chunked_npz import Column, atomic_save_columns
 from ..data.scan import ImageRecord, ScanResult
 from ..networks import model_fingerprint
 from ..paths import cache_dir as default_cache_dir
@@ -59,6 +65,7 @@ STORE_NAME = "store.npz"
 PART_PREFIX = "part-"
 FLUSH_ROWS = 1024  # new vectors per pending part file (≈ 25 s of CPU embedding)
 FLUSH_SECONDS = 10.0  # ...or sooner: at most this much work is lost to a kill
+STORE_CHUNK_ROWS = 8192  # rows converted at a time when writing a file or matching ids
 
 
 # ----------------------------------------------------------------------------- keys
@@ -123,7 +130,8 @@ def _read_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         ids, sizes, mtimes, vectors = (data[key] for key in ("ids", "sizes", "mtimes", "vectors"))
     if not (len(ids) == len(sizes) == len(mtimes) == len(vectors)) or vectors.ndim != 2:
         raise ValueError("arrays of inconsistent shapes")
-    return ids.astype(str), sizes.astype(np.int64), mtimes.astype(np.int64), vectors.astype(np.float32, copy=False)
+    # copy=False: a store already in these types (every one this module writes) is not copied again.
+    return ids.astype(str, copy=False), sizes.astype(np.int64, copy=False), mtimes.astype(np.int64, copy=False), vectors.astype(np.float32, copy=False)
 
 
 def read_store(folder: Path) -> StoredVectors:
@@ -154,15 +162,33 @@ def read_store(folder: Path) -> StoredVectors:
 
 
 # ----------------------------------------------------------------------------- writing
-def _save(path: Path, ids: Sequence[str], sizes: Sequence[int], mtimes: Sequence[int], vectors: np.ndarray) -> None:
-    atomic_numpy_save(
-        path,
-        ids=np.asarray(list(ids), dtype=str),
-        sizes=np.asarray(list(sizes), dtype=np.int64),
-        mtimes=np.asarray(list(mtimes), dtype=np.int64),
-        vectors=np.ascontiguousarray(vectors, dtype=np.float32),
-        format=np.int64(CACHE_FORMAT),
-    )
+def _chunks(n: int) -> Iterator[slice]:
+    return (slice(start, min(start + STORE_CHUNK_ROWS, n)) for start in range(0, n, STORE_CHUNK_ROWS))
+
+
+def _store_columns(records: Sequence[ImageRecord], rows: np.ndarray, vectors: np.ndarray, positions: np.ndarray | None = None) -> dict:
+    """The file's columns for `records[rows]`, whose vectors are `vectors[positions]`
+    (`vectors` itself, in order, when None), each made a chunk at a time when written."""
+    n, dim = len(rows), vectors.shape[1]
+    # A `.npy` header holds the string width before any row: one pass for the longest id.
+    width = max((len(records[i].id) for i in rows), default=1) or 1
+
+    def ids():
+        return (np.asarray([records[i].id for i in rows[part]], dtype=f"<U{width}") for part in _chunks(n))
+
+    def ints(field: str):
+        return lambda: (np.fromiter((getattr(records[i], field) for i in rows[part]), np.int64, count=len(rows[part])) for part in _chunks(n))
+
+    def vector_chunks():
+        return (vectors[part] if positions is None else vectors[positions[part]] for part in _chunks(n))
+
+    return {
+        "ids": Column(np.dtype(f"<U{width}"), (n,), ids),
+        "sizes": Column(np.dtype(np.int64), (n,), ints("size")),
+        "mtimes": Column(np.dtype(np.int64), (n,), ints("mtime_ns")),
+        "vectors": Column(np.dtype(np.float32), (n, dim), vector_chunks),
+        "format": np.int64(CACHE_FORMAT),
+    }
 
 
 class _PendingWriter:
@@ -191,10 +217,9 @@ class _PendingWriter:
         self.last_write = self.clock()
         rows, vectors = np.concatenate(self.rows), np.concatenate(self.vectors)
         self.rows, self.vectors = [], []
-        records = [self.records[i] for i in rows]
         path = self.folder / f"{PART_PREFIX}{time.time_ns():020d}-{os.getpid()}.npz"
         try:
-            _save(path, [r.id for r in records], [r.size for r in records], [r.mtime_ns for r in records], vectors)
+            atomic_save_columns(path, _store_columns(self.records, rows, vectors))
             self.written.append(path)
         except OSError as exc:  # a full or read-only cache costs speed, never the result
             log.warning("could not write embedding cache file %s: %s", path, exc)
@@ -203,10 +228,10 @@ class _PendingWriter:
 def _merge(folder: Path, records: Sequence[ImageRecord], result: EmbeddingResult, superseded: Sequence[Path]) -> None:
     """Write the store for exactly `records` (those embedded), then delete the files it replaces."""
     good = np.flatnonzero(result.ok)
-    # All rows good (the usual case): the array itself, not a copy (2× the vectors' memory at 100k).
-    vectors = result.embeddings if len(good) == len(records) else result.embeddings[good]
+    # All rows good (the usual case): the array's rows in order, no gather at all.
+    positions = None if len(good) == len(records) else good
     try:
-        _save(folder / STORE_NAME, [records[i].id for i in good], [records[i].size for i in good], [records[i].mtime_ns for i in good], vectors)
+        atomic_save_columns(folder / STORE_NAME, _store_columns(records, good, result.embeddings, positions))
     except OSError as exc:
         log.warning("could not write embedding cache %s: %s", folder / STORE_NAME, exc)
         return
@@ -242,24 +267,30 @@ def cached_embeddings(
     folder embedded by one of several processes (`sharded.py`), whose parts the next
     whole-folder call merges."""
     _check_output(output)
-    records = list(scan_or_records.records if isinstance(scan_or_records, ScanResult) else scan_or_records)
+    records = scan_or_records.records if isinstance(scan_or_records, ScanResult) else scan_or_records
+    if not isinstance(records, (list, tuple)):  # indexable, and no second list of a scan's records
+        records = list(records)
     if not records:
         return EmbeddingResult(np.zeros((0, output_dim(net, output) or 0), np.float32), np.zeros(0, bool))
     folder = store_dir(net, root_of(records), output, cache_dir)
     remove_stale_temp_files(folder)
     stored = read_store(folder)
-    hits, sources, misses = _match(records, stored)
-    result = EmbeddingResult(
-        np.zeros((len(records), stored.dim or output_dim(net, output) or 0), dtype=np.float32), np.zeros(len(records), dtype=bool),
-        n_cached=len(hits), n_computed=len(misses),
-    )
-    if len(hits):
+    hits, sources, misses, n_removed = _match(records, stored)
+    if _store_is_the_result(hits, sources, len(records), stored):
+        # The usual re-open (nothing changed): the store's rows are the records' in order,
+        # so its array is the result; a copy would hold the vectors twice at the peak.
+        result = EmbeddingResult(stored.vectors, np.ones(len(records), dtype=bool), n_cached=len(hits))
+    else:
+        result = EmbeddingResult(
+            np.zeros((len(records), stored.dim or output_dim(net, output) or 0), dtype=np.float32), np.zeros(len(records), dtype=bool),
+            n_cached=len(hits), n_computed=len(misses),
+        )
+    if len(hits) and not result.ok.all():
         if result.embeddings.shape[1] != stored.dim:
             result.embeddings = np.zeros((len(records), stored.dim), dtype=np.float32)
         copy_rows(result.embeddings, hits, stored.vectors, sources)
         result.ok[hits] = True
-    current = {r.id for r in records}
-    result.n_removed = len(set(stored.ids.tolist()) - current)
+    result.n_removed = n_removed
     if progress is not None:
         progress(len(hits), len(records))
     writer = _PendingWriter(folder, records, flush_rows, flush_seconds)
@@ -271,6 +302,11 @@ def cached_embeddings(
     return result
 
 
+def _store_is_the_result(hits: np.ndarray, sources: np.ndarray, n_records: int, stored: StoredVectors) -> bool:
+    """Every record is served, by the stored row of the same position."""
+    return len(hits) == n_records == len(stored.vectors) and bool((sources == np.arange(n_records)).all())
+
+
 COPY_ROWS = 8192  # rows gathered at a time: no temporary the size of the whole store
 
 
@@ -280,19 +316,50 @@ def copy_rows(out: np.ndarray, rows: np.ndarray, source: np.ndarray, positions: 
         out[rows[start:start + COPY_ROWS]] = source[positions[start:start + COPY_ROWS]]
 
 
-def _match(records: Sequence[ImageRecord], stored: StoredVectors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows served from the cache, their positions in `stored`, rows to compute)."""
-    position = stored.positions()
-    hits, sources, misses = [], [], []
-    for row, record in enumerate(records):
-        pos = position.get(record.id)
-        if pos is not None and stored.sizes[pos] == record.size and stored.mtimes[pos] == record.mtime_ns:
-            hits.append(row)
-            sources.append(pos)
-        else:
-            misses.append(row)
-    as_index = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731
-    return as_index(hits), as_index(sources), as_index(misses)
+def _match(records: Sequence[ImageRecord], stored: StoredVectors) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(rows served from the cache, their positions in `stored`, rows to compute, number
+    of cached ids that are not among the records).
+
+    Ids are looked up by binary search in the store's id array (sorted through an index,
+    not copied), a chunk of records at a time: no dict or set of every id. Where an id
+    occurs more than once (a part newer than the store), the last row, the newest, wins."""
+    if not len(stored.ids):  # nothing cached (a first run)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.arange(len(records), dtype=np.int64), 0
+    order = np.argsort(stored.ids, kind="stable")  # equal ids keep file order: newest last
+    hits, sources, misses, n_present = [], [], [], 0
+    for part in _chunks(len(records)):
+        chunk = records[part]
+        rows = np.arange(part.start, part.stop, dtype=np.int64)
+        position, present = _find(stored.ids, order, [r.id for r in chunk])
+        sizes = np.fromiter((r.size for r in chunk), np.int64, count=len(chunk))
+        mtimes = np.fromiter((r.mtime_ns for r in chunk), np.int64, count=len(chunk))
+        unchanged = present & (stored.sizes[position] == sizes) & (stored.mtimes[position] == mtimes)
+        hits.append(rows[unchanged])
+        sources.append(position[unchanged])
+        misses.append(rows[~unchanged])
+        n_present += int(present.sum())
+    join = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)  # noqa: E731
+    return join(hits), join(sources), join(misses), _distinct(stored.ids, order) - n_present
+
+
+def _find(ids: np.ndarray, order: np.ndarray, wanted: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """For each wanted id: its last row in `ids` (some valid row where absent) and whether present."""
+    # An id longer than the stored width cannot be stored; cast to that width, it would be cut.
+    width = ids.dtype.itemsize // 4
+    fits = np.fromiter((len(w) <= width for w in wanted), bool, count=len(wanted))
+    keys = np.asarray([w if ok else "" for w, ok in zip(wanted, fits)], dtype=ids.dtype)
+    after = np.searchsorted(ids, keys, side="right", sorter=order)
+    position = order[np.maximum(after - 1, 0)]
+    return position, fits & (after > 0) & (ids[position] == keys)
+
+
+def _distinct(ids: np.ndarray, order: np.ndarray) -> int:
+    """Number of different ids, counted along the sorted order a chunk at a time."""
+    changes = 0
+    for part in _chunks(max(len(order) - 1, 0)):
+        run = ids[order[part.start:part.stop + 1]]
+        changes += int((run[1:] != run[:-1]).sum())
+    return changes + (1 if len(order) else 0)
 
 
 def _compute_misses(net, records, misses: np.ndarray, result: EmbeddingResult, writer: _PendingWriter, *, n_hits: int, progress, **options) -> None:

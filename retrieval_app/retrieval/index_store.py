@@ -17,6 +17,11 @@ rewritten; only when the backend says the updates have degraded it (`needs_rebui
 is it built afresh. `IndexReport.action` says which happened: `built`, `loaded`,
 `updated` or `rebuilt`.
 
+Where `auto` kept exact search in place of the backend it resolved to (IVF-Flat slower
+than exact search, `indexes.faster_than_exact`), the file keeps that backend's name and
+its `meta` says `"in_place_of"`: the next `auto` load uses the exact index without timing
+again; an explicit request for that backend does not accept it and builds its own.
+
 The gallery searches through `GalleryIndex`, which maps its positions (record order) to
 labels and back, so the labels never need to follow the records' order."""
 
@@ -130,16 +135,17 @@ def open_index(folder: str | Path | None, ids: Sequence[str], vectors: np.ndarra
     if len(ids) != len(vectors) or len(set(ids)) != len(ids):
         raise RetrievalAppError(f"an index needs one distinct id per vector ({len(ids)} ids, {len(vectors)} vectors)")
     name = resolve_backend(backend, len(vectors), vectors.shape[1] if vectors.ndim == 2 else 0)
+    # Built with `backend` itself, so that `auto` may keep exact search (see the docstring).
     if folder is None:
-        return GalleryIndex(build_index(vectors, distance, name), np.arange(len(vectors))), IndexReport("built", seconds=time.perf_counter() - start)
+        return GalleryIndex(build_index(vectors, distance, backend), np.arange(len(vectors))), IndexReport("built", seconds=time.perf_counter() - start)
     path = index_file(Path(folder), name, distance)
     remove_stale_temp_files(path.parent)
     fingerprints = row_fingerprints(vectors)
-    saved = _read(path, name, distance, vectors.shape[1])
+    saved = _read(path, name, distance, vectors.shape[1], substitutes=backend == "auto")
     if saved is None:
-        index, label_of, report = _fresh(vectors, distance, name, "built")
+        index, label_of, report = _fresh(vectors, distance, backend, "built")
     else:
-        index, label_of, report = _update(saved, ids, vectors, fingerprints, distance, name)
+        index, label_of, report = _update(saved, ids, vectors, fingerprints, distance, backend)
     if report.action != "loaded":
         # Labels are never reused (an HNSW tombstone keeps its label in the graph).
         next_label = max(int(label_of.max()) + 1 if len(label_of) else 0, int(saved["next_label"]) if saved and report.action == "updated" else 0)
@@ -148,12 +154,12 @@ def open_index(folder: str | Path | None, ids: Sequence[str], vectors: np.ndarra
     return GalleryIndex(index, label_of), report
 
 
-def _fresh(vectors, distance, name, action, added=0, removed=0):
+def _fresh(vectors, distance, backend, action, added=0, removed=0):
     labels = np.arange(len(vectors), dtype=np.int64)
-    return build_index(vectors, distance, name, labels), labels, IndexReport(action, added=added, removed=removed)
+    return build_index(vectors, distance, backend, labels), labels, IndexReport(action, added=added, removed=removed)
 
 
-def _update(saved: dict, ids: list[str], vectors, fingerprints, distance, name):
+def _update(saved: dict, ids: list[str], vectors, fingerprints, distance, backend):
     """Apply the differences between the saved entries and the current rows."""
     index = saved["index"]
     entry = {key: (int(label), int(fp)) for key, label, fp in zip(saved["ids"].tolist(), saved["labels"], saved["fingerprints"])}
@@ -172,23 +178,31 @@ def _update(saved: dict, ids: list[str], vectors, fingerprints, distance, name):
     index.remove(removed)
     index.add(vectors[new_rows], label_of[new_rows])
     if index.needs_rebuild():
-        return _fresh(vectors, distance, name, "rebuilt", len(new_rows), len(removed))
+        return _fresh(vectors, distance, backend, "rebuilt", len(new_rows), len(removed))
     index.calibrate(vectors, label_of)
     return index, label_of, IndexReport("updated", added=len(new_rows), removed=len(removed))
 
 
-def _read(path: Path, name: str, distance: str, dim: int) -> dict | None:
-    """The saved index and its entries, or None (absent, unreadable, or another kind)."""
+def _meta(name: str, distance: str, dim: int, built: str) -> dict:
+    """The file's `meta`: what it was asked to hold, and what `auto` built in its place."""
+    meta = {"format": INDEX_FORMAT, "backend": name, "distance": distance, "dim": dim}
+    return meta if built == name else {**meta, "backend": built, "in_place_of": name}
+
+
+def _read(path: Path, name: str, distance: str, dim: int, substitutes: bool = False) -> dict | None:
+    """The saved index and its entries, or None (absent, unreadable, or another kind).
+    `substitutes`: accept exact search that `auto` kept in place of `name`."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
         meta = json.loads(str(arrays["meta"]))
-        if meta != {"format": INDEX_FORMAT, "backend": name, "distance": distance, "dim": dim}:
+        accepted = [_meta(name, distance, dim, name)] + ([_meta(name, distance, dim, "exact")] if substitutes else [])
+        if meta not in accepted:
             return None
         state = {key[len("index_"):]: value for key, value in arrays.items() if key.startswith("index_")}
-        index = restore_index(name, state, distance)
+        index = restore_index(meta["backend"], state, distance)
         if index.size != len(arrays["ids"]):
             raise ValueError(f"{index.size} vectors for {len(arrays['ids'])} ids")
         return {"index": index, "ids": arrays["ids"].astype(str), "labels": arrays["labels"].astype(np.int64), "fingerprints": arrays["fingerprints"].astype(np.uint64), "next_label": arrays["next_label"]}
@@ -198,7 +212,7 @@ def _read(path: Path, name: str, distance: str, dim: int) -> dict | None:
 
 
 def _write(path: Path, index: NearestNeighbourIndex, ids: list[str], label_of: np.ndarray, fingerprints: np.ndarray, name: str, distance: str, next_label: int) -> None:
-    meta = {"format": INDEX_FORMAT, "backend": name, "distance": distance, "dim": index.dim}
+    meta = _meta(name, distance, index.dim, index.backend)
     state = {f"index_{key}": value for key, value in index.state().items()}
     try:
         atomic_numpy_save(

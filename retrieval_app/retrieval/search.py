@@ -179,6 +179,8 @@ class ExactIndex(NearestNeighbourIndex):
         if precision not in ("auto", "float16", "float32"):
             raise RetrievalAppError(f"precision must be auto, float16 or float32, not {precision!r}")
         self.requested_precision = precision
+        # Why `auto` chose exact search, when it measured that (shown by `describe`, saved).
+        self.note = ""
         self._derive()
 
     def _derive(self) -> None:
@@ -210,7 +212,7 @@ class ExactIndex(NearestNeighbourIndex):
 
     def describe(self) -> str:
         scan = "float16 scan + float32 re-rank" if self.precision == "float16" else "float32"
-        return f"exact search ({scan})"
+        return f"exact search ({scan})" + (f"; {self.note}" if self.note else "")
 
     # ------------------------------------------------------------------ updates
     def add(self, vectors, labels):
@@ -227,11 +229,13 @@ class ExactIndex(NearestNeighbourIndex):
         self._derive()
 
     def state(self):
-        return {"vectors": self.vectors, "labels": self.labels, "precision": np.str_(self.requested_precision)}
+        return {"vectors": self.vectors, "labels": self.labels, "precision": np.str_(self.requested_precision), "note": np.str_(self.note)}
 
     @classmethod
     def from_state(cls, state: dict, distance: str) -> "ExactIndex":
-        return cls(state["vectors"], distance, state["labels"], precision=str(state["precision"]))
+        index = cls(state["vectors"], distance, state["labels"], precision=str(state["precision"]))
+        index.note = str(state["note"]) if "note" in state else ""  # files saved before notes have none
+        return index
 
     # ------------------------------------------------------------------ search
     def search(self, queries, k, *, exclude=None):

@@ -6,10 +6,15 @@ moved off its vector, see `RecallProbe`) are searched, and the recall@10 is the 
 of exact search's 10 nearest that the index returns. The knob grows in steps of about √2
 (cost grows with it) from its smallest value until the recall reaches `RECALL_TARGET`
 (plus a margin), the knob reaches its cap or the recall stops growing; the recall reached
-is kept with the index and shown."""
+is kept with the index and shown.
+
+`time_per_query` times indexes on the same sample, one query per search (as the app
+searches), so that `auto` can tell whether a tuned index is faster than exact search."""
 
 from __future__ import annotations
 
+import statistics
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,6 +29,7 @@ SAMPLE_QUERIES = 300
 TUNE_MARGIN = 0.01
 PLATEAU_GAIN = 0.002
 PLATEAU_STEPS = 3
+TIMING_QUERIES = 100  # of the sample's queries, timed one at a time per index
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
@@ -88,3 +94,20 @@ def tune(index: NearestNeighbourIndex, probe: RecallProbe, steps: Sequence[int],
             break
     set_knob(best_value)
     return best_value, best
+
+
+def time_per_query(indexes: Sequence[NearestNeighbourIndex], probe: RecallProbe, n_queries: int = TIMING_QUERIES) -> list[float]:
+    """Median seconds of a one-query search (k = the probe's k) for each index, over the
+    probe's first `n_queries` queries. The indexes take turns query by query, so a change
+    in the machine's load (a shared machine) falls on all of them alike; each answers one
+    untimed query first (lazy set-up such as the float16 copy of exact search)."""
+    times: list[list[float]] = [[] for _ in indexes]
+    queries, exclude = probe.queries[:n_queries], probe.exclude[:n_queries]
+    for index in indexes:
+        index.search(queries[:1], probe.k, exclude=exclude[:1])
+    for row in range(len(queries)):
+        for index, seen in zip(indexes, times):
+            start = time.perf_counter()
+            index.search(queries[row:row + 1], probe.k, exclude=exclude[row:row + 1])
+            seen.append(time.perf_counter() - start)
+    return [statistics.median(seen) for seen in times]
