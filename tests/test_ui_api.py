@@ -80,8 +80,13 @@ def share_server(env):
     demo.close()
 
 
+# What these tests check is that answers are right, not how fast they come: the client's
+# HTTP requests (an upload takes httpx's default 5 s) may wait on a busy machine.
+SLOW_MACHINE = {"timeout": 120}
+
+
 def loaded_client(url: str, folder: Path, auth=None) -> Client:
-    client = Client(url, verbose=False, auth=auth, download_files=False)
+    client = Client(url, verbose=False, auth=auth, download_files=False, httpx_kwargs=SLOW_MACHINE)
     status, _ = client.predict(str(folder), "efficientnet_lite0", "pca", api_name="/load_folder")
     assert "images in" in status, status
     return client
@@ -212,7 +217,7 @@ def test_thumbnails_are_made_for_what_is_shown_not_at_load(server, env):
         return set((env["cache"] / "thumbs").rglob("*.jpg"))
 
     before = thumbnails()
-    client = Client(server[1], verbose=False, download_files=False)
+    client = Client(server[1], verbose=False, download_files=False, httpx_kwargs=SLOW_MACHINE)
     status, figure = client.predict(str(env["outside"]), "efficientnet_lite0", "pca", api_name="/load_folder")
     assert "24 images in 3 classes" in status and len(decode_map(figure)["ids"]) == 24
     assert thumbnails() == before  # none made at load
@@ -443,7 +448,7 @@ def test_share_mode_refuses_folders_outside_the_data_roots(share_client, env):
 
 
 def test_share_mode_skips_linked_images_that_lie_outside_the_data_roots(share_server, env):
-    client = Client(share_server[1], verbose=False, auth=LOGIN, download_files=False)
+    client = Client(share_server[1], verbose=False, auth=LOGIN, download_files=False, httpx_kwargs=SLOW_MACHINE)
     status, figure = client.predict(str(env["linked"]), "efficientnet_lite0", "pca", api_name="/load_folder")
     assert "16 images in 2 classes" in status
     assert "Skipped 8 files" in status and "outside the data roots" in status

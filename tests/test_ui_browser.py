@@ -117,7 +117,9 @@ def test_training_progress_and_cancel(page, server):
     page.locator("#train-cancel").click()
     # The cancel's own answer is the outcome (the run stops within a step): no timer tick needed.
     page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('nothing was saved')", timeout=60_000)
-    assert time.monotonic() - clicked < 3.0
+    # Within a step, not at the end of the 120 s budget (the latency itself is measured
+    # in bench/bench_training_runners.py: 0.1-0.2 s; a busy machine took 8 s here).
+    assert time.monotonic() - clicked < 30.0
     # A timer tick that began before the cancel may still arrive after its answer; the
     # next tick settles the status on the outcome (and stops the timer).
     page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('cancelled')", timeout=10_000)

@@ -34,7 +34,7 @@ def env(tmp_path_factory):
 def client(env):
     port = ui_helpers.free_port()
     demo = launch_app(folder=None, port=port, open_browser=False, block=False)
-    client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False, httpx_kwargs={"timeout": 120})
     status, _ = client.predict(str(env["folder"]), "efficientnet_lite0", "pca", api_name="/load_folder")
     assert "images in" in status, status
     yield client
