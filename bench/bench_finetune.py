@@ -57,13 +57,14 @@ def fashion_folder(per_class: int) -> Path:
     root = cache_dir() / "bench" / f"fashion_mnist_{per_class}"
     if (root / ".complete").is_file():
         return root
-    data = np.load(SHARED / "fashion_mnist.npz")
+    with np.load(SHARED / "fashion_mnist.npz") as data:  # each data[key] decompresses the whole array: read each once
+        images, targets, names = data["x_train"], data["y_train"], data["class_names"]
     rng = np.random.default_rng(0)
-    for label, name in enumerate(data["class_names"]):
+    for label, name in enumerate(names):
         folder = root / str(name)
         folder.mkdir(parents=True, exist_ok=True)
-        for index in rng.permutation(np.flatnonzero(data["y_train"] == label))[:per_class]:
-            Image.fromarray(data["x_train"][index]).save(folder / f"{index:05d}.png")
+        for index in rng.permutation(np.flatnonzero(targets == label))[:per_class]:
+            Image.fromarray(images[index]).save(folder / f"{index:05d}.png")
     (root / ".complete").touch()
     return root
 

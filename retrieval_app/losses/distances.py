@@ -11,6 +11,7 @@ pairwise form is built by broadcasting every pair through it.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -40,8 +41,8 @@ def safe_sqrt(x: torch.Tensor, eps: float = SQRT_EPS) -> torch.Tensor:
     the diagonal of a distance matrix. Feeding sqrt a harmless 1 where x is tiny and masking
     the result keeps both the value and the gradient clean."""
     tiny = x <= eps
-    root = torch.sqrt(torch.where(tiny, torch.ones_like(x), x))
-    return torch.where(tiny, torch.zeros_like(x), root)
+    # scalar branches: no tensors of ones and zeros allocated (a training step's overhead)
+    return torch.where(tiny, 0.0, torch.sqrt(torch.where(tiny, 1.0, x)))
 
 
 @contextlib.contextmanager
@@ -62,20 +63,28 @@ def _upcast(t: torch.Tensor) -> torch.Tensor:
 
 def squared_euclidean_matrix(x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(N, M) squared Euclidean distances by the distance-matrix trick
-    ‖a‖² − 2⟨a,b⟩ + ‖b‖²: one matrix product instead of an (N, M, D) difference tensor.
-    Rounding can make entries slightly negative, so they are clamped at 0; with `y` omitted
-    the diagonal is set to exactly 0 (it is by definition, rounding says ~1e-7)."""
+    ‖a‖² + ‖b‖² − 2⟨a,b⟩: one fused matrix product (addmm) instead of an (N, M, D)
+    difference tensor. Rounding can make entries slightly negative, so they are clamped
+    at 0; with `y` omitted the diagonal is set to exactly 0 (it is by definition, rounding
+    says ~1e-7)."""
     same = y is None
     with _full_precision(x.device):
         x = _upcast(x)
         y = x if same else _upcast(y)
-        squared_norms_x = (x * x).sum(1, keepdim=True)
-        squared_norms_y = squared_norms_x.t() if same else (y * y).sum(1).unsqueeze(0)
-        squared = (squared_norms_x - 2.0 * (x @ y.t()) + squared_norms_y).clamp_min(0.0)
+        squared_norms_x = (x * x).sum(1)
+        squared_norms_y = squared_norms_x if same else (y * y).sum(1)
+        norms = squared_norms_x.unsqueeze(1) + squared_norms_y.unsqueeze(0)
+        squared = torch.addmm(norms, x, y.t(), alpha=-2.0).clamp_min(0.0)
         if same:
-            off_diagonal = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
-            squared = squared * off_diagonal
+            squared = squared * _off_diagonal(len(x), x.device)
     return squared
+
+
+@functools.lru_cache(maxsize=8)
+def _off_diagonal(n: int, device: torch.device) -> torch.Tensor:
+    """(n, n) bool, False on the diagonal; cached (a training loop asks every step for the
+    same size), never modified."""
+    return ~torch.eye(n, dtype=torch.bool, device=device)
 
 
 def euclidean_matrix(x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -134,6 +143,9 @@ class Distance:
     name: str
     paired_fn: PairedFn
     pairwise_fn: Optional[PairwiseFn] = None
+    # Unchanged when both points are mapped by the same isometry (a rotation, or the
+    # identity head's isometric view): what lets training run on such a view.
+    rotation_invariant: bool = False
 
     def paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Distances between matching rows of `a` and `b` (both (N, D)) → (N,)."""
@@ -157,9 +169,9 @@ def _linf_matrix(x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Ten
 DISTANCES: dict[str, Distance] = {
     d.name: d
     for d in (
-        Distance("euclidean", euclidean_distance, euclidean_matrix),
-        Distance("squared_euclidean", squared_euclidean_distance, squared_euclidean_matrix),
-        Distance("cosine", cosine_distance, cosine_matrix),
+        Distance("euclidean", euclidean_distance, euclidean_matrix, rotation_invariant=True),
+        Distance("squared_euclidean", squared_euclidean_distance, squared_euclidean_matrix, rotation_invariant=True),
+        Distance("cosine", cosine_distance, cosine_matrix, rotation_invariant=True),
         Distance("linf", linf_distance, _linf_matrix),
     )
 }

@@ -74,6 +74,34 @@ def valid_triplet_mask(labels: torch.Tensor, ref_labels: torch.Tensor | None = N
 def mine_batch_all(distances: torch.Tensor, labels: torch.Tensor, margin: float = 0.0, ref_labels: torch.Tensor | None = None) -> MinedTriplets:
     """Every valid triplet (`distances` and `margin` are not needed; all miners share
     one signature)."""
+    return valid_triplets(labels, ref_labels).flat
+
+
+class TripletGrid(NamedTuple):
+    """Every valid triplet of a batch in which all anchors have the same number P of
+    positives and Q of negatives, as in a P×K batch: row i of `positives` (N, P) and of
+    `negatives` (N, Q) lists anchor i's, ascending. Its triplets are (i, positives[i, j],
+    negatives[i, k]) for every i, j, k in that order: the order of `mine_batch_all`'s
+    lists. Their distances are then two small gathers from the distance matrix and a
+    broadcast, where indexing the matrix with N·P·Q index pairs (and scattering the
+    gradient back through them) cost a large share of a head's training step."""
+
+    positives: torch.Tensor
+    negatives: torch.Tensor
+
+    def pair_distances(self, matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """d(a, p) as (N, P, 1) and d(a, n) as (N, 1, Q): broadcast together they give
+        every triplet, flattened in the triplets' order."""
+        return matrix.gather(1, self.positives).unsqueeze(2), matrix.gather(1, self.negatives).unsqueeze(1)
+
+
+class ValidTriplets(NamedTuple):
+    flat: MinedTriplets
+    grid: TripletGrid | None  # None: anchors differ in their numbers of positives or negatives
+
+
+def valid_triplets(labels: torch.Tensor, ref_labels: torch.Tensor | None = None) -> ValidTriplets:
+    """The batch's valid triplets as index lists, and as a grid where the batch has one."""
     return _valid_triplets_of_pattern(_label_pattern(labels, ref_labels), labels.device)
 
 
@@ -88,13 +116,25 @@ def _label_pattern(labels: torch.Tensor, ref_labels: torch.Tensor | None) -> tup
 
 
 @functools.lru_cache(maxsize=16)
-def _valid_triplets_of_pattern(pattern: tuple, device: torch.device) -> MinedTriplets:
+def _valid_triplets_of_pattern(pattern: tuple, device: torch.device) -> ValidTriplets:
     # Building the (N, M, M) mask and its nonzero() cost more than the rest of a head's
     # training step; cached per pattern they are free. The tensors are never modified.
     batch, ref = pattern
+    labels = torch.tensor(batch, device=device)
     ref_labels = None if ref is None else torch.tensor(ref, device=device)
-    anchors, positives, negatives = valid_triplet_mask(torch.tensor(batch, device=device), ref_labels).nonzero(as_tuple=True)
-    return MinedTriplets(anchors, positives, negatives)
+    anchors, positives, negatives = valid_triplet_mask(labels, ref_labels).nonzero(as_tuple=True)
+    return ValidTriplets(MinedTriplets(anchors, positives, negatives), _grid(positive_pair_mask(labels, ref_labels), negative_pair_mask(labels, ref_labels)))
+
+
+def _grid(positives: torch.Tensor, negatives: torch.Tensor) -> TripletGrid | None:
+    """A `TripletGrid` from the (N, M) positive and negative masks, or None when the rows'
+    counts differ."""
+    n_pos, n_neg = positives.sum(1), negatives.sum(1)
+    if len(n_pos) == 0 or bool((n_pos != n_pos[0]).any()) or bool((n_neg != n_neg[0]).any()):
+        return None
+    rows = len(positives)
+    # nonzero() walks row by row, columns ascending: row i's columns are its i-th block
+    return TripletGrid(positives.nonzero()[:, 1].reshape(rows, int(n_pos[0])), negatives.nonzero()[:, 1].reshape(rows, int(n_neg[0])))
 
 
 def mine_batch_hard(distances: torch.Tensor, labels: torch.Tensor, margin: float = 0.0, ref_labels: torch.Tensor | None = None) -> MinedTriplets:
@@ -182,6 +222,13 @@ class TripletMiner:
 
     def mine(self, distances: torch.Tensor, labels: torch.Tensor, ref_labels: torch.Tensor | None = None) -> MinedTriplets:
         return self._mine(distances.detach(), labels, self.margin, ref_labels)
+
+    def mine_with_grid(self, distances: torch.Tensor, labels: torch.Tensor, ref_labels: torch.Tensor | None = None) -> tuple[MinedTriplets, TripletGrid | None]:
+        """`mine`, and the same triplets as a `TripletGrid` when they form one (batch-all
+        mining of a batch whose anchors all have as many positives and negatives)."""
+        if self.strategy == "batch_all":
+            return valid_triplets(labels, ref_labels)
+        return self.mine(distances, labels, ref_labels), None
 
     def valid(self, distances: torch.Tensor, labels: torch.Tensor, ref_labels: torch.Tensor | None = None) -> MinedTriplets:
         """Every valid triplet of the batch: its laid-out triplets for random mining,

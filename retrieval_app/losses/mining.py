@@ -26,6 +26,7 @@ from .miners import (
     MINERS,
     ONLINE_MINING_STRATEGIES,
     MinedTriplets,
+    TripletGrid,
     TripletMiner,
     check_batch,
     mine_batch_all,
@@ -53,9 +54,12 @@ Miner = Callable[..., MinedTriplets]  # (distances, labels, margin[, ref_labels]
 
 
 def _loss_from_matrix(matrix: torch.Tensor, triplets: MinedTriplets, margin: float, reduction: str, embeddings: torch.Tensor,
-                      labels: torch.Tensor, ref_labels: torch.Tensor | None) -> LossOutput:
-    anchors, positives, negatives = triplets
-    per_triplet = margin_violation(matrix[anchors, positives], matrix[anchors, negatives], margin)
+                      labels: torch.Tensor, ref_labels: torch.Tensor | None, grid: TripletGrid | None = None) -> LossOutput:
+    if grid is not None:  # the same triplets in the same order, from two small gathers
+        per_triplet = margin_violation(*grid.pair_distances(matrix), margin).reshape(-1)
+    else:
+        anchors, positives, negatives = triplets
+        per_triplet = margin_violation(matrix[anchors, positives], matrix[anchors, negatives], margin)
     loss, active, count = reduce_triplet_losses(per_triplet, reduction, embeddings)
     return LossOutput(loss, active, count, per_triplet, triplets, matrix.detach(), labels, ref_labels)
 
@@ -121,9 +125,10 @@ class TripletLoss(nn.Module):
                 triplets: MinedTriplets | None = None) -> LossOutput:
         labels, ref_labels = check_batch(embeddings, labels, ref_emb, ref_labels)
         matrix = self.distance.pairwise(embeddings, ref_emb)
+        grid = None
         if triplets is None:
-            triplets = self.miner.mine(matrix, labels, ref_labels)
-        return _loss_from_matrix(matrix, triplets, self.margin, self.reduction, embeddings, labels, ref_labels)
+            triplets, grid = self.miner.mine_with_grid(matrix, labels, ref_labels)
+        return _loss_from_matrix(matrix, triplets, self.margin, self.reduction, embeddings, labels, ref_labels, grid)
 
     def valid_gaps(self, out: LossOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """d(a, p) and d(a, n) of every valid triplet of the batch (not only the mined

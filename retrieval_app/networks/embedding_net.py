@@ -73,6 +73,27 @@ class EmbeddingNet(nn.Module):
         out = features if self.head is None else self.head(features)
         return F.normalize(out, dim=1) if self.normalize else out
 
+    def training_view(self, features: torch.Tensor, max_bytes: int) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """(inputs, embed) for training the head on cached `features`: `embed` of a batch
+        of `inputs` rows is an isometric image of `embed_features` of the same feature
+        rows (same norms, inner products, Euclidean distances), computed in fewer
+        operations; a head without such a view (or whose view would need more than
+        `max_bytes` of inputs) gives (features, embed_features). Only losses on
+        rotation-invariant distances may train on it."""
+        head = self.head
+        view_ok = getattr(head, "has_orthonormal_basis", None)
+        if view_ok is None or not view_ok():
+            return features, self.embed_features
+        extra = head.basis.shape[1] + features.shape[1]
+        if features.shape[0] * extra * features.element_size() > max_bytes:
+            return features, self.embed_features
+
+        def embed(rows: torch.Tensor) -> torch.Tensor:
+            out = head.isometric_forward(rows)
+            return F.normalize(out, dim=1) if self.normalize else out  # norms are kept: same as normalising y
+
+        return head.isometric_inputs(features), embed
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) → embeddings (B, embedding_dim)."""
         return self.embed_features(self.features(x))

@@ -99,6 +99,34 @@ class SubspaceIdentity(nn.Module):
         blend = float(self.blend)
         return torch.addmm(x, inner, self.basis.t()) if blend == 1.0 else torch.addmm(x, inner, self.basis.t(), alpha=blend)
 
+    # ------------------------------------------------------------ isometric view
+    # For training on cached features: the head only moves x inside span U, so with
+    # p = Uᵀx and r = x − Up (both fixed per image, computed once) its output y has
+    # Uᵀy = p + blend·(Δp + c) and y − UUᵀy = r. The map y ↦ [Uᵀy | y − UUᵀy] keeps
+    # every norm, inner product and Euclidean distance (U orthonormal), so a loss on those
+    # sees the same numbers while a step costs two k×k products instead of two D×k ones.
+
+    def has_orthonormal_basis(self, tolerance: float = 1e-4) -> bool:
+        """Whether the basis is set and orthonormal (what the isometric view relies on)."""
+        gram = self.basis.t() @ self.basis
+        return bool((gram - torch.eye(len(gram), dtype=gram.dtype, device=gram.device)).abs().max() <= tolerance)
+
+    @torch.no_grad()
+    def isometric_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows [Uᵀx | x − UUᵀx], (N, rank + feature_dim): what `isometric_forward` takes."""
+        projected = x @ self.basis
+        return torch.cat([projected, torch.addmm(x, projected, self.basis.t(), alpha=-1.0)], dim=1)
+
+    def isometric_forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """For rows = `isometric_inputs(x)`: [Uᵀy | y − UUᵀy] with y = self(x), an image of
+        y at the same norms, inner products and Euclidean distances."""
+        rank = self.basis.shape[1]
+        projected, residual = rows[:, :rank], rows[:, rank:]
+        inner = torch.addmm(self.shift, projected, self.delta.t())
+        blend = float(self.blend)
+        moved = projected + inner if blend == 1.0 else torch.add(projected, inner, alpha=blend)
+        return torch.cat([moved, residual], dim=1)
+
     @torch.no_grad()
     def as_matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight, bias) of the full-dimension linear map it applies."""

@@ -60,6 +60,9 @@ class TrainConfig:
     resume: bool = False
     folds: int = DEFAULT_FOLDS  # quick mode: class folds that choose the training length and blend
     blend: float | None = None  # quick mode: None = the recommended point of the dial; 0..1 = fixed
+    # quick mode: weight of the term that keeps distances between classes at the backbone's
+    # (losses/geometry.py); 0 = off
+    keep_geometry: float = 0.0
     layout: str | None = None  # how the folder is read: None = "auto" ("unlabelled" with `labels`); see data/scan.py
     labels: str | None = None  # a labels CSV (id,label), see data/labels_csv.py
     views: int = 4  # without labels: augmented views per image the head trains on (training/unlabelled.py)
@@ -150,6 +153,8 @@ class TrainConfig:
             problems.append("views must be at least 3 (two augmented views to train on, one kept out for validation)")
         if self.folds < 0:
             problems.append("folds must not be negative")
+        if self.keep_geometry < 0:
+            problems.append("keep_geometry must not be negative")
         if self.reduction not in REDUCTIONS:
             problems.append(f"reduction must be one of {', '.join(REDUCTIONS)}")
         try:

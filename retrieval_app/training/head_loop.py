@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from ..data.sampler import PKSampler
 from ..data.triplets import sample_random_triplets
 from ..errors import RetrievalAppError
-from ..losses import TripletLoss
+from ..losses import TripletLoss, get_distance
+from ..losses.geometry import GeometryKeeper
 from .config import TrainConfig
 from ..distributed import Distributed
 from .mining_monitor import MiningMonitor
@@ -35,6 +37,11 @@ PROGRESS_INTERVAL_S = 0.2  # how often the loop reports loss and speed
 # a 64-item batch costs ~0.5 ms against a ~4 ms step (measured on one thread), an eighth
 # of a step; every 16th step it is under 1 %.
 STATS_EVERY = 16
+
+# Largest training view (`EmbeddingNet.training_view`) built beside the cached features:
+# above it (the identity head's view holds ~1.1 × the features) the loop trains on the
+# features themselves, slower per step but without the second copy.
+VIEW_MAX_BYTES = 2 << 30
 
 ProgressFn = Callable[["StepStats"], None]
 EvalFn = Callable[[int, float], None]  # (step, elapsed seconds of this run)
@@ -84,10 +91,11 @@ class FeatureForward(torch.nn.Module):
     wraps in quick mode (DDP synchronises gradients only of work done through `forward`;
     the frozen backbone stays outside, so nothing of it is broadcast or bucketed)."""
 
-    def __init__(self, net) -> None:
+    def __init__(self, net, embed: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__()
         self.head = net.head
-        self._embed = net.embed_features  # a bound method: the net is not a submodule
+        # a bound method or closure (`EmbeddingNet.training_view`): the net is not a submodule
+        self._embed = embed or net.embed_features
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self._embed(features)
@@ -103,20 +111,37 @@ class HeadLoop:
     def __init__(self, net, features: torch.Tensor, labels: torch.Tensor, config: TrainConfig, *, lr: float, seed: int, cancel: threading.Event | None = None,
                  distributed: Distributed | None = None) -> None:
         self.net = net
-        self.features = features.contiguous()
         self.labels = labels
         self.config = config
         self.cancel = cancel or threading.Event()
         self.dist = distributed or Distributed()
-        self.model = self.dist.wrap(FeatureForward(net))  # after the head's start is set: DDP copies rank 0's
+        inputs, embed = features, None
+        if get_distance(config.distance).rotation_invariant:  # the loss sees the same distances on the view
+            inputs, embed = net.training_view(features, max_bytes=VIEW_MAX_BYTES)
+        self.features = inputs.contiguous()  # what the batches are gathered from
+        self.model = self.dist.wrap(FeatureForward(net, embed))  # after the head's start is set: DDP copies rank 0's
         # Random triplets are laid out per batch ([a | p | n]): nothing to mine globally.
         self.gather = self.dist.enabled and config.mining != "random"
         self.optimizer = make_optimizer(net.head.parameters(), lr, config.weight_decay)
         self.batches = batch_indices(labels.cpu(), config, seed, rank=self.dist.rank, world_size=self.dist.world_size)
         self.loss_fn = TripletLoss(config.mining, margin=config.margin, distance=config.distance, reduction=config.reduction)
         self.monitor = MiningMonitor(self.loss_fn, every=STATS_EVERY)
+        # The batch rows are the backbone's features (or an isometric image of them, the
+        # view above): normalised as the embeddings are, they are the backbone's embeddings.
+        self.keeper = GeometryKeeper(config.keep_geometry, config.distance) if config.keep_geometry > 0 else None
         self.steps = 0
         self.images = 0
+        self._rows: torch.Tensor | None = None  # the batch's feature rows, reused every step
+
+    def _gather(self, index: torch.Tensor) -> torch.Tensor:
+        """The batch's feature rows, copied into one buffer reused every step:
+        `features[index]` allocates a fresh tensor each time, which on a tiny step costs
+        several times the copy itself. (The previous step's graph, the only holder of the
+        buffer's old rows, is freed by its `backward` before this runs.)"""
+        shape = (len(index), self.features.shape[1])
+        if self._rows is None or self._rows.shape != shape:
+            self._rows = self.features.new_empty(shape)
+        return torch.index_select(self.features, 0, index, out=self._rows)
 
     def run(self, *, steps: int | None = None, deadline: float | None = None, eval_at: Callable[[int, float], bool] | None = None,
             on_eval: EvalFn | None = None, on_progress: ProgressFn | None = None, stop=None) -> int:
@@ -164,14 +189,19 @@ class HeadLoop:
 
     def step(self) -> tuple[torch.Tensor, float]:
         index = next(self.batches)
-        embeddings, labels = self.model(self.features[index]), self.labels[index]
-        scale = 1.0
+        rows = self._gather(index)
+        local_embeddings, local_labels = self.model(rows), self.labels[index]
+        embeddings, labels, scale = local_embeddings, local_labels, 1.0
         if self.gather:  # mine on the global batch; see distributed.py for the scale
             embeddings, labels = self.dist.gather_batch(embeddings, labels)
             scale = self.dist.loss_scale
         out = self.loss_fn(embeddings, labels)
+        total = out.loss * scale if scale != 1.0 else out.loss
+        if self.keeper is not None:  # on this rank's rows: the term needs no other rank's
+            backbone = F.normalize(rows, dim=1) if self.net.normalize else rows
+            total = total + self.keeper(local_embeddings, backbone, local_labels)
         self.optimizer.zero_grad(set_to_none=True)
-        (out.loss * scale if scale != 1.0 else out.loss).backward()
+        total.backward()
         self.optimizer.step()
         self.monitor.observe(out, out.active_fraction)
         self.steps += 1

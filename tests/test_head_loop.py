@@ -1,0 +1,172 @@
+"""Quick mode's inner loop (`training/head_loop.py`) and the shortcuts that make its step
+cheap: the triplet grid of P×K batches, the identity head's isometric view, the reused
+batch buffer. Each shortcut must give the numbers the plain computation gives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from retrieval_app.losses import TripletLoss, get_distance
+from retrieval_app.losses.geometry import cross_class_drift
+from retrieval_app.losses.miners import TripletGrid, valid_triplets
+from retrieval_app.networks import create_model
+from retrieval_app.networks.heads import init_from_features, make_head, set_blend
+from retrieval_app.training.config import TrainConfig
+from retrieval_app.training.head_loop import HeadLoop
+
+FEATURE_DIM = 1280  # EfficientNet-Lite0's pooled features, what quick mode caches
+
+
+def pk_labels(p: int, k: int, seed: int = 0) -> torch.Tensor:
+    """A P×K batch's labels: K of each of P (arbitrary) classes, in blocks."""
+    classes = torch.randperm(100, generator=torch.Generator().manual_seed(seed))[:p]
+    return classes.repeat_interleave(k)
+
+
+def feature_table(classes: int = 8, per_class: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    centres = torch.randn(classes, FEATURE_DIM, generator=generator)
+    return (centres[labels] + 0.7 * torch.randn(len(labels), FEATURE_DIM, generator=generator)).abs(), labels
+
+
+def identity_net(features: torch.Tensor, seed: int = 0):
+    torch.manual_seed(seed)
+    net = create_model("efficientnet_lite0", head="identity", pretrained=False)
+    init_from_features(net.head, features)
+    return net
+
+
+# ---------------------------------------------------------------- the triplet grid
+def test_a_pk_batch_has_a_grid_listing_the_valid_triplets_in_their_order():
+    labels = pk_labels(5, 4)
+    flat, grid = valid_triplets(labels)
+    assert isinstance(grid, TripletGrid) and grid.positives.shape == (20, 3) and grid.negatives.shape == (20, 16)
+    rows = torch.arange(20)[:, None, None].expand(20, 3, 16)
+    positives = grid.positives[:, :, None].expand(20, 3, 16)
+    negatives = grid.negatives[:, None, :].expand(20, 3, 16)
+    for got, expected in zip((rows, positives, negatives), flat):
+        assert torch.equal(got.reshape(-1), expected)
+
+
+def test_a_batch_whose_anchors_differ_in_positives_has_no_grid():
+    _, grid = valid_triplets(torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2]))
+    assert grid is None
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine"])
+def test_the_grid_gives_the_indexed_loss_and_gradient(distance):
+    labels = pk_labels(6, 4, seed=1)
+    embeddings = torch.nn.functional.normalize(torch.randn(24, 16, generator=torch.Generator().manual_seed(2)), dim=1)
+    loss_fn = TripletLoss("batch_all", margin=0.3, distance=distance)
+    results = []
+    for explicit in (False, True):
+        x = embeddings.clone().requires_grad_(True)
+        # explicit triplets take the indexed path; mined ones a P×K batch's grid
+        out = loss_fn(x, labels, triplets=valid_triplets(labels).flat if explicit else None)
+        out.loss.backward()
+        results.append((out.per_triplet.detach(), out.loss.detach(), x.grad))
+    (per_grid, loss_grid, grad_grid), (per_index, loss_index, grad_index) = results
+    assert torch.equal(per_grid, per_index)  # the same numbers, the same order
+    assert torch.equal(loss_grid, loss_index)
+    assert torch.allclose(grad_grid, grad_index, atol=1e-7)
+
+
+# ---------------------------------------------------------------- the isometric view
+@pytest.mark.parametrize("blend", [1.0, 0.4])
+def test_the_identity_heads_view_keeps_norms_and_distances(blend):
+    features, _ = feature_table()
+    head = make_head("identity", FEATURE_DIM, 128)
+    init_from_features(head, features)
+    with torch.no_grad():  # a trained head: some update inside the subspace
+        head.delta.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(3))
+        head.shift.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(4))
+    set_blend(head, blend)
+    direct, view = head(features).double(), head.isometric_forward(head.isometric_inputs(features)).double()
+    assert torch.allclose(view.norm(dim=1), direct.norm(dim=1), rtol=1e-5)
+    assert torch.allclose(view @ view.t(), direct @ direct.t(), rtol=1e-4, atol=1e-3)
+    assert torch.allclose(torch.cdist(view, view), torch.cdist(direct, direct), atol=2e-3)
+
+
+def test_the_view_is_used_only_where_it_is_exact_and_affordable():
+    features, _ = feature_table()
+    net = identity_net(features)
+    inputs, _ = net.training_view(features, max_bytes=1 << 30)
+    assert inputs.shape == (len(features), 128 + FEATURE_DIM)
+    assert net.training_view(features, max_bytes=1000)[0] is features  # too large: the features themselves
+    unset = create_model("efficientnet_lite0", head="identity", pretrained=False)  # no basis yet: not an isometry
+    assert unset.training_view(features, max_bytes=1 << 30)[0] is features
+    linear = create_model("efficientnet_lite0", head="linear", dim=16, pretrained=False)
+    assert linear.training_view(features, max_bytes=1 << 30)[0] is features
+    assert get_distance("euclidean").rotation_invariant and not get_distance("linf").rotation_invariant
+
+
+def trained_delta(features, labels, distance: str, use_view: bool, monkeypatch) -> torch.Tensor:
+    net = identity_net(features)
+    if not use_view:
+        monkeypatch.setattr(net, "training_view", lambda f, max_bytes: (f, net.embed_features))
+    config = TrainConfig(folder="unused", out_dir="unused", batch_size=16, samples_per_class=4, distance=distance, seed=0)
+    loop = HeadLoop(net, features, labels, config, lr=1e-2, seed=5)
+    assert (loop.features.shape[1] == 128 + FEATURE_DIM) == use_view
+    loop.run(steps=12)
+    return net.head.delta.detach().clone()
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_training_on_the_view_follows_the_plain_trajectory(distance, monkeypatch):
+    features, labels = feature_table()
+    plain = trained_delta(features, labels, distance, False, monkeypatch)
+    fast = trained_delta(features, labels, distance, True, monkeypatch)
+    assert plain.abs().max() > 1e-3  # it did train
+    assert torch.allclose(fast, plain, atol=1e-4)
+
+
+def test_a_distance_an_isometry_does_not_keep_trains_on_the_features():
+    features, labels = feature_table()
+    config = TrainConfig(folder="unused", out_dir="unused", batch_size=16, samples_per_class=4, distance="linf", seed=0)
+    loop = HeadLoop(identity_net(features), features, labels, config, lr=1e-2, seed=5)
+    assert loop.features.shape == features.shape
+
+
+# ---------------------------------------------------------------- the batch buffer
+def test_batches_are_gathered_into_one_reused_buffer():
+    features, labels = feature_table()
+    net = create_model("efficientnet_lite0", head="linear", dim=16, pretrained=False)
+    config = TrainConfig(folder="unused", out_dir="unused", batch_size=16, samples_per_class=4, seed=0)
+    loop = HeadLoop(net, features, labels, config, lr=1e-3, seed=0)
+    index = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    first = loop._gather(index)
+    assert torch.equal(first, features[index])
+    again = loop._gather(index.flip(0))
+    assert again.data_ptr() == first.data_ptr() and torch.equal(again, features[index.flip(0)])
+
+
+# ---------------------------------------------------------------- keeping the geometry
+def test_cross_class_drift_counts_only_pairs_of_different_classes():
+    labels = torch.tensor([0, 0, 1])
+    reference = torch.zeros(3, 3)
+    distances = torch.tensor([[0.0, 5.0, 1.0], [5.0, 0.0, 2.0], [1.0, 2.0, 0.0]])  # the same-class pair moved by 5
+    assert cross_class_drift(distances, reference, labels).item() == pytest.approx((1 + 4 + 1 + 4) / 4)
+    assert cross_class_drift(distances, distances, labels).item() == 0.0
+    single = torch.zeros(2, 2, requires_grad=True)
+    drift = cross_class_drift(single, torch.zeros(2, 2), torch.tensor([1, 1]))  # no pair of different classes
+    drift.backward()
+    assert drift.item() == 0.0 and torch.equal(single.grad, torch.zeros(2, 2))
+
+
+def cross_class_change(keep: float) -> float:
+    """Mean squared change, from the backbone's, of the distances between different
+    classes' embeddings after training the identity head with `keep_geometry=keep`."""
+    features, labels = feature_table(seed=7)
+    net = identity_net(features)
+    config = TrainConfig(folder="unused", out_dir="unused", batch_size=16, samples_per_class=4, keep_geometry=keep, seed=0)
+    HeadLoop(net, features, labels, config, lr=3e-2, seed=1).run(steps=40)
+    with torch.no_grad():
+        trained, backbone = torch.cdist(*[net.embed_features(features)] * 2), torch.cdist(*[torch.nn.functional.normalize(features, dim=1)] * 2)
+    return cross_class_drift(trained, backbone, labels).item()
+
+
+def test_keep_geometry_holds_distances_between_classes_nearer_the_backbones():
+    free, kept = cross_class_change(0.0), cross_class_change(10.0)
+    assert free > 0 and kept < 0.5 * free
