@@ -159,11 +159,7 @@ def _layout(coords: np.ndarray, star, title: str, revision: str, classes: Sequen
     legend, extra_height = _legend(classes)
     return {
         # Title on the left: the mode bar takes the top right corner.
-        "title": {"text": title, "font": {"size": 14}, "x": 0.01, "xanchor": "left"}, "uirevision": revision,
-        # No hover picking by plotly: at 100,000 points it searched every point on each
-        # mouse move (~40 ms a click in software rendering); the page finds the point under
-        # the mouse itself, for the tip and the click (PLOT_JS `nearestPoint`).
-        "hovermode": False,
+        "title": {"text": title, "font": {"size": 14}, "x": 0.01, "xanchor": "left"}, "uirevision": revision, "hovermode": "closest",
         "dragmode": "zoom", "margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "height": 600 + extra_height,
         # Fixed ranges: autorange would widen for a big highlight marker at the edge and
         # shift every point under the mouse.
@@ -305,15 +301,9 @@ PLOT_CSS = """
 
 # Runs once per component. A new `value` (another map) draws the points; a new
 # `highlight` prop (a click, a query) redraws only the SVG layer above them. Plotly.react
-# may replace the div's event emitter, so listeners are attached again to each new `gd._ev`
-# (once). `gd.__rmap` holds the decoded map: `point(i)` → {index, id, label, x, y}.
+# may replace the div's event emitter, so listeners are attached again whenever `gd._ev`
+# changed. `gd.__rmap` holds the decoded map: `point(i)` → {index, id, label, x, y}.
 PLOT_JS = """
-// plotly.js as first found (plotly.min.js, in the page head), kept for this map: Gradio's
-// own plot components load a second plotly bundle that takes `window.Plotly` over, and a
-// map drawn by one bundle and redrawn by the other got a second event emitter (the legend's
-// handler then ran twice a click: a single click isolated the class instead of hiding it).
-let plotlyLib = null;
-const havePlotly = () => !!(plotlyLib = plotlyLib || window.Plotly || null);
 const SVG_NS = 'http://www.w3.org/2000/svg';
 const bytesOf = (b64) => { const s = atob(b64), out = new Uint8Array(s.length); for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i); return out; };
 const decodeMap = (fig) => {
@@ -390,9 +380,10 @@ const pixelMap = (gd) => {
   return {px: (v) => x0 + sx * v, py: (v) => y0 + sy * v, xa, ya};
 };
 // The point under the mouse (its global index), found from the event's own position over
-// the visible classes (plotly's hover is off, see `_layout`; it was throttled too, so its
-// click could name the point under the mouse a moment earlier). Hover tips use the same
-// rule, so a tip always shows what a click would pick.
+// the visible classes. Plotly's click names the last *hovered* point, and its hover is
+// throttled: a click right after a quick move would otherwise report the point under the
+// mouse a moment earlier. Hover tips use the same rule, so a tip always shows what a click
+// would pick.
 const nearestPoint = (gd, e) => {
   const m = gd.__rmap;
   if (!m || !e || e.clientX === undefined || !gd._fullLayout || !gd._fullData) return null;
@@ -464,7 +455,7 @@ const fitRange = (gd) => {
   const zoomed = !same(gd.layout.xaxis.range, have.x) || !same(gd.layout.yaxis.range, have.y);
   if (zoomed || (same(want.x, have.x) && same(want.y, have.y))) return;
   gd.__rmapRange = {x: want.x.slice(), y: want.y.slice()};
-  return plotlyLib.relayout(gd, {'xaxis.range': want.x.slice(), 'yaxis.range': want.y.slice()});
+  return Plotly.relayout(gd, {'xaxis.range': want.x.slice(), 'yaxis.range': want.y.slice()});
 };
 const hoverThumb = async (gd, index) => {
   const m = gd.__rmap, cache = gd.__rmapThumbs;
@@ -494,10 +485,18 @@ const showTip = (gd, tip, e) => {
   tip.style.top = (y + 14 + h > box.height ? Math.max(0, y - 14 - h) : y + 14) + 'px';
 };
 const listen = (gd) => {
-  // Marked on the emitter itself: a listener added twice to one emitter would run twice an
-  // event (a legend click taken for a double click).
-  if (!gd._ev || gd._ev.__rmapListening) return;
-  gd._ev.__rmapListening = true;
+  if (gd.__rmapEmitter === gd._ev) return;
+  gd.__rmapEmitter = gd._ev;
+  gd.on('plotly_click', (ev) => {
+    Promise.resolve(gd.__rmapDrawn).then(() => {
+      let index = nearestPoint(gd, ev && ev.event);
+      if (index === null) {
+        const p = ev && ev.points && ev.points.find((q) => typeof q.customdata === 'number');
+        index = p ? p.customdata : null;
+      }
+      if (index !== null) trigger('click', {index});
+    });
+  });
   // Lasso / box: the selected points' global indices (each trace's customdata), and
   // whether shift was held (plotly then keeps the earlier selection: the server adds).
   gd.on('plotly_selected', (ev) => {
@@ -535,9 +534,11 @@ const listen = (gd) => {
       clearSelection(gd);
     }
   }, true);
-  // A click (no drag: plotly then sends the plot a click event itself) on a point asks for
-  // its neighbours, in every drag mode. (plotly_click needs plotly's hover, which is off.)
+  // In the lasso and box modes plotly sends no plotly_click: a click (no drag) on a point
+  // still asks for its neighbours. (In zoom and pan modes plotly_click does, above.)
   gd.addEventListener('click', (e) => {
+    const mode = gd._fullLayout && gd._fullLayout.dragmode;
+    if (mode !== 'select' && mode !== 'lasso') return;
     Promise.resolve(gd.__rmapDrawn).then(() => {
       const index = nearestPoint(gd, e);
       if (index !== null) trigger('click', {index});
@@ -555,11 +556,17 @@ const insidePlotArea = (gd, e) => {
 // these typed-array traces).
 const clearSelection = (gd) => {
   if (!gd.data) return;
-  gd.__rmapDrawn = Promise.resolve(gd.__rmapDrawn).catch(() => null).then(() => plotlyLib.relayout(gd, {selections: []}));
+  gd.__rmapDrawn = Promise.resolve(gd.__rmapDrawn).catch(() => null).then(() => Plotly.relayout(gd, {selections: []}));
   redraw(gd, true);
 };
 const LEGEND_DOUBLE_MS = 350;
 const legendClick = (gd, ev) => {
+  // One click, one call: Gradio's own plots load a second plotly bundle that takes
+  // `window.Plotly` over, and a map redrawn by both carries two event emitters that both
+  // report the click (a single click was then taken for a double one and isolated the class).
+  const click = (ev && ev.event) || ev;
+  if (click === gd.__rmapLegendEvent) return;
+  gd.__rmapLegendEvent = click;
   const trace = gd.data && gd.data[ev.curveNumber];
   if (!trace) return;
   const name = trace.name, now = Date.now(), last = gd.__rmapLegendLast;
@@ -591,7 +598,7 @@ const redraw = (gd, unselect = false) => {
   paintTraces(gd, unselect);
   gd.__rmapReady = false;
   // (A failed earlier redraw must not stop this one.)
-  const drawn = Promise.resolve(gd.__rmapDrawn).catch(() => null).then(() => plotlyLib.react(gd, gd.__rmapTraces, gd.layout, gd.__rmapConfig));
+  const drawn = Promise.resolve(gd.__rmapDrawn).catch(() => null).then(() => Plotly.react(gd, gd.__rmapTraces, gd.layout, gd.__rmapConfig));
   gd.__rmapDrawn = drawn;
   drawn.then(() => { drawOverlay(gd); listen(gd); if (gd.__rmapDrawn === drawn) gd.__rmapReady = true; });
 };
@@ -600,7 +607,7 @@ const draw = () => {
   if (!gd) return;
   // plotly.js (3.5 MB, in the page head) may still be loading when the first map arrives,
   // e.g. from the cache on a busy machine: draw as soon as it is there.
-  if (!havePlotly()) { setTimeout(draw, 100); return; }
+  if (typeof Plotly === 'undefined') { setTimeout(draw, 100); return; }
   let fig = null;
   try { fig = props.value ? JSON.parse(props.value) : null; } catch (e) { fig = null; }
   const seq = (gd.__rmapValueSeq || 0) + 1;
@@ -618,7 +625,7 @@ const draw = () => {
     .catch((e) => { if (gd.__rmapValueSeq === seq) showEmpty(gd, 'The map could not be loaded: ' + e.message); });
 };
 const showEmpty = (gd, words) => {
-  if (gd.data) plotlyLib.purge(gd);
+  if (gd.data) Plotly.purge(gd);
   gd.__rmap = null;
   drawOverlay(gd);
   gd.innerHTML = '';
@@ -645,7 +652,7 @@ const show = (gd, fig, fresh) => {
   // on empty map clears a selection: the mousedown listener in `listen`.)
   const config = {responsive: true, displaylogo: false, doubleClick: false, doubleClickDelay: 1};
   gd.__rmapConfig = config;
-  const drawn = plotlyLib.react(gd, gd.__rmapTraces, fig.layout, config);
+  const drawn = Plotly.react(gd, gd.__rmapTraces, fig.layout, config);
   gd.__rmapDrawn = drawn;
   Promise.resolve(drawn).then(() => {
     drawOverlay(gd);
@@ -664,7 +671,7 @@ const recolour = () => {
   try { c = props.colouring ? JSON.parse(props.colouring) : null; } catch (e) { c = null; }
   if (!gd || !c) return;
   gd.__rmapColouring = c;
-  if (gd.__rmap && c.key === gd.__rmap.key && havePlotly()) redraw(gd);
+  if (gd.__rmap && c.key === gd.__rmap.key && typeof Plotly !== 'undefined') redraw(gd);
 };
 // A click or a query: only the highlight changes.
 const highlight = () => {
@@ -673,7 +680,7 @@ const highlight = () => {
   try { h = props.highlight ? JSON.parse(props.highlight) : null; } catch (e) { h = null; }
   if (!gd || !h) return;
   gd.__rmapPropHighlight = h;
-  if (!gd.__rmap || !havePlotly()) return;
+  if (!gd.__rmap || typeof Plotly === 'undefined') return;
   Promise.resolve(gd.__rmapDrawn).then(() => {
     const fitted = fitRange(gd);
     if (fitted) {
