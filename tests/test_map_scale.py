@@ -4,6 +4,7 @@ its neighbours' positions, and the payload's class numbers beyond 255."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from retrieval_app.retrieval.knn_graph import _drop_self, graph_recall, knn_graph
 from retrieval_app.retrieval.map_job import MapJob
 from retrieval_app.retrieval.projection import compute_projection
-from retrieval_app.ui.plot import decode_map, map_payload
+from retrieval_app.ui.plot import decode_map, file_path, map_payload
 
 from synthetic import write_class_folder
 
@@ -95,6 +96,11 @@ def test_a_failed_fit_is_raised_to_whoever_waits_and_the_first_map_stays(tmp_pat
     assert job.current is job.first and job.first.method == "pca"
 
 
+def read_served(url: str) -> bytes:
+    """A map's points from the session's served folder (what the page fetches)."""
+    return file_path(url).read_bytes()
+
+
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     from retrieval_app.ui.session import SessionState
@@ -119,13 +125,14 @@ def test_the_app_shows_pca_first_says_so_and_swaps_in_umap(session, monkeypatch,
     monkeypatch.setattr(ui_app, "MAP_POLL_S", 0.05)
     steps = ui_app._follow_map(session, "umap", lambda s: "summary")
     _, status, value = next(steps)
-    assert decode_map(value)["layout"]["title"]["text"].startswith("PCA of 15 images") and "computed in the background" in status
+    assert decode_map(value, read_served)["layout"]["title"]["text"].startswith("PCA of 15 images") and "computed in the background" in status
+    assert set(json.loads(value)["points"]) == {"n", "url"}  # the points go by URL, not in the component's value
     session.neighbours_of_point(3, 4)  # the page stays usable on the first map
     _, status, value = next(steps)
     assert "background" in status and not isinstance(value, str)  # waiting: the map is not sent again
     fit.release()
     *_, (_, status, value) = list(steps)
-    shown = decode_map(value)
+    shown = decode_map(value, read_served)
     assert shown["layout"]["title"]["text"].startswith("UMAP of 15 images") and "UMAP map ready" in status
     np.testing.assert_array_equal(shown["coords"], session.projection.coords)
     assert session.projection.method == "umap" and shown["highlight"]["overlays"]  # the click's rings survive the swap

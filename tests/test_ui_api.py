@@ -102,8 +102,17 @@ def caption_ids(gallery) -> list[str]:
 
 
 def map_overlays(map_json: str) -> dict[str, dict]:
-    """The map's highlight (rings, star) by name."""
-    return {o["name"]: o for o in (decode_map(map_json)["highlight"] or {}).get("overlays", [])}
+    """The map's highlight (rings, star) by name (in the map's value itself)."""
+    return {o["name"]: o for o in (json.loads(map_json)["highlight"] or {}).get("overlays", [])}
+
+
+def fetcher(url: str, cookie: str | None = None):
+    """`decode_map`'s fetch for the app at `url`: the map's points over HTTP, as the page gets them."""
+    def fetch(path: str) -> bytes:
+        status, body = http_request(url, path, cookie=cookie)
+        assert status == 200, (path, status)
+        return body
+    return fetch
 
 
 def sample_queries(n: int) -> list[Path]:
@@ -219,7 +228,7 @@ def test_thumbnails_are_made_for_what_is_shown_not_at_load(server, env):
     before = thumbnails()
     client = Client(server[1], verbose=False, download_files=False, httpx_kwargs=SLOW_MACHINE)
     status, figure = client.predict(str(env["outside"]), "efficientnet_lite0", "pca", api_name="/load_folder")
-    assert "24 images in 3 classes" in status and len(decode_map(figure)["ids"]) == 24
+    assert "24 images in 3 classes" in status and len(decode_map(figure, fetcher(server[1]))["ids"]) == 24
     assert thumbnails() == before  # none made at load
     gallery, query, _ = client.predict(3, K, api_name="/neighbours_of_point")
     made = thumbnails() - before
@@ -380,7 +389,7 @@ def hover_request(url: str, cookie: str | None, token: str, index) -> tuple[int,
 def served_thumbnails(url: str, cookie: str, map_json: str) -> list[str]:
     """The thumbnail of every point, as a hover would make and serve it (the map itself
     links to none)."""
-    decoded = decode_map(map_json)
+    decoded = decode_map(map_json, fetcher(url, cookie))
     answers = [hover_request(url, cookie, decoded["token"], i) for i in range(len(decoded["ids"]))]
     assert all(status == 200 for status, _ in answers)
     return [answer["url"].split("file=", 1)[1] for _, answer in answers if answer["url"]]
@@ -396,7 +405,9 @@ def test_share_mode_serves_only_the_sessions_thumbnails(share_server, share_clie
     assert all(Path(t).is_relative_to(served_root) for t in thumbs)
     assert http_request(url, f"/gradio_api/file={thumbs[0]}", cookie=cookie)[0] == 200
     assert http_request(url, f"/gradio_api/file={thumbs[0]}")[0] in (401, 403)  # and only with the login
-    token = decode_map(figure)["token"]
+    points = json.loads(figure)["points"]["url"]  # the map's points: served like the thumbnails
+    assert Path(points.split("file=", 1)[1]).is_relative_to(served_root) and http_request(url, points)[0] in (401, 403)
+    token = json.loads(figure)["token"]
     assert hover_request(url, None, token, 0)[0] in (401, 403)  # hover requests need the login too,
     assert hover_request(url, cookie, "0" * 32, 0) == (200, {"url": ""})  # and this session's token
     stores = sorted((env["cache"] / "embeddings").rglob("store.npz"))
@@ -452,7 +463,7 @@ def test_share_mode_skips_linked_images_that_lie_outside_the_data_roots(share_se
     status, figure = client.predict(str(env["linked"]), "efficientnet_lite0", "pca", api_name="/load_folder")
     assert "16 images in 2 classes" in status
     assert "Skipped 8 files" in status and "outside the data roots" in status
-    ids = decode_map(figure)["ids"]
+    ids = decode_map(figure, fetcher(share_server[1], login_cookie(share_server[1])))["ids"]
     assert len(ids) == 16 and not any(i.startswith("smuggled/") for i in ids)
 
 

@@ -1,9 +1,10 @@
 """Exploring the map in a real browser (Debian's chromium through Playwright): a lasso
 and a box dragged with the mouse fill the selection grid with exactly the points inside
 them (computed from the page's own decoded map positions), shift adds, a double-click on
-empty map clears, the CSV export lists the selection; the legend hides and isolates
-classes (isolating browses the class); an image is found by its file name; the points
-are coloured by the core's neighbour agreement."""
+empty map clears, the CSV export lists the selection; the legend hides a class (a click;
+another shows it again) and isolates one (a double-click; isolating browses the class);
+an image is found by its file name; the points are coloured by the core's neighbour
+agreement."""
 
 from __future__ import annotations
 
@@ -267,6 +268,20 @@ def test_legend_isolates_a_class_and_browses_it(page, server, core_gallery):
     expected = sorted(r.id for r in core_gallery.records if r.class_name == "watch")
     wait_for_selection_text(page, "class watch")
     assert sorted(selected(page, len(expected))) == expected
+
+
+def test_a_single_click_on_a_legend_entry_hides_its_class_and_another_shows_it(page, server):
+    open_app(page, server)
+    names = [t.text_content() for t in page.query_selector_all("#embedding-plot .legend .traces .legendtext")]
+    hidden = "() => document.querySelector('%s').data.find((t) => t.name === 'pizza').visible === 'legendonly'" % PLOT
+    legend_item(page, "pizza").click()
+    page.wait_for_function(hidden, timeout=30_000)
+    assert visibility(page) == {n: ("legendonly" if n == "pizza" else True) for n in names}  # that class only
+    ui_helpers.wait_for_map(page)
+    page.wait_for_timeout(600)  # past the page's double-click window: a second, separate click
+    legend_item(page, "pizza").click()
+    page.wait_for_function("() => document.querySelector('%s').data.every((t) => t.visible === true)" % PLOT, timeout=30_000)
+    assert visibility(page) == {n: True for n in names}
 
 
 def test_find_an_image_by_file_name_shows_it_like_a_click(page, server, core_gallery):

@@ -21,7 +21,7 @@ from retrieval_app.training import JobSnapshot
 from retrieval_app.ui import app as ui_app
 from retrieval_app.data import scan_folder
 from retrieval_app.ui.access import MAX_UPLOAD_FILES, DataRoots, UploadLimits, expire_uploads, extract_upload, generate_password, parse_auth
-from retrieval_app.ui.plot import PALETTE, POINT_SIZE, STAR_SIZE, decode_map, highlight_json, highlight_payload, map_payload
+from retrieval_app.ui.plot import PALETTE, POINT_SIZE, STAR_SIZE, decode_map, file_path, file_url, highlight_json, highlight_payload, map_payload, points_json
 from retrieval_app.ui.query_input import QUERY_MAX_PIXELS, read_query_image, uploaded_path
 from retrieval_app.ui.served import ServedFiles, expire_served
 from retrieval_app.ui.session import SessionState, _safe_name
@@ -280,6 +280,25 @@ def test_the_map_payload_is_compact_at_20000_points():
     assert np.array_equal(decoded["coords"], coords) and decoded["ids"][123] == ids[123]
 
 
+def test_a_map_sent_with_a_points_url_carries_no_points_and_decodes_with_them_fetched():
+    coords = np.arange(12, dtype=np.float32).reshape(6, 2)
+    labels = np.array([1, 0, 1, 0, 1, 1])
+    ids = ["b/x0.png", "a/x1.png", "b/x2.png", "a/x3.png", "b/x4.png", "b/x5.png"]
+    args = (coords, labels, ["a", "b"], ids)
+    value = map_payload(*args, highlight=highlight_payload(query=2, neighbours=[4]), points_url="/gradio_api/file=/s/p.json")
+    # what the page's component holds: no point data, whatever the number of points
+    assert json.loads(value)["points"] == {"n": 6, "url": "/gradio_api/file=/s/p.json"}
+    assert json.loads(value)["highlight"]["overlays"] and json.loads(value)["key"] == json.loads(map_payload(*args))["key"]
+    asked = []
+    decoded = decode_map(value, lambda url: asked.append(url) or points_json(*args))
+    inline = decode_map(map_payload(*args))
+    assert asked == ["/gradio_api/file=/s/p.json"] and decoded["ids"] == inline["ids"] == ids
+    assert np.array_equal(decoded["coords"], coords) and decoded["labels"].tolist() == labels.tolist()
+    with pytest.raises(ValueError, match="fetch"):
+        decode_map(value)
+    assert file_path(file_url("/s/p.json")) == Path("/s/p.json")
+
+
 def test_more_than_256_classes_get_two_byte_labels():
     labels = np.arange(300)
     value = map_payload(np.zeros((300, 2), np.float32), labels, [f"c{i}" for i in range(300)], [f"c{i}/x.png" for i in range(300)])
@@ -399,6 +418,21 @@ def test_served_files_are_links_under_an_unguessable_folder_and_go_with_the_sess
     assert second != first and not first.exists()  # a new map, new names; the old ones go
     served.close()
     assert not served.folder.exists() and source.exists()  # the thumbnail cache is untouched
+
+
+def test_published_files_are_named_by_content_written_once_and_renewed_with_the_map(tmp_path):
+    served = ServedFiles(tmp_path / "served")
+    with pytest.raises(RuntimeError):
+        served.publish(b"{}", ".json")
+    served.renew()
+    first = served.publish(b'{"n": 1}', ".json")
+    assert first.read_bytes() == b'{"n": 1}' and first.parent == served.current and first.suffix == ".json"
+    mtime = first.stat().st_mtime_ns
+    assert served.publish(b'{"n": 1}', ".json") == first and first.stat().st_mtime_ns == mtime  # not written again
+    other = served.publish(b'{"n": 2}', ".json")
+    assert other != first and first.exists()  # another map of the same folder (PCA, then UMAP)
+    served.renew()
+    assert not first.exists() and not other.exists()  # another folder or model: the old maps go
 
 
 def test_served_folders_of_past_runs_expire(tmp_path):

@@ -27,7 +27,7 @@ from . import verify as verify_view
 from . import unlabelled as unlabelled_view
 from . import live_map as live_map_view
 from .access import DataRoots, expire_uploads, extract_upload
-from .plot import PLOT_CSS, PLOT_JS, PLOT_TEMPLATE, file_url, highlight_json, highlight_payload, map_payload
+from .plot import PLOT_CSS, PLOT_JS, PLOT_TEMPLATE, file_url, highlight_json, highlight_payload, map_payload, points_json
 from .served import served_root
 from .session import SessionRegistry, SessionState, uploads_dir, uploads_root
 from .text import error_text, md_escape, plural
@@ -85,7 +85,10 @@ def _map_value(state: SessionState) -> str:
     g, p = state.gallery, state.projection
     title = f"{METHOD_LABELS[p.method]} of {plural(len(g), 'image')} · {_model_name(state.model_spec)}" + (f" · {p.note}" if p.note else "")
     groups, names, _ = g.colour_groups()  # classes, or k-means clusters for a folder without labels
-    return map_payload(p.coords, groups, names, [r.id for r in g.records], token=state.page_token, highlight=_highlight(state), title=title, revision=_revision(state))
+    # The points go by URL, not in the component's value: see plot.py.
+    points = state.served.publish(points_json(p.coords, groups, names, [r.id for r in g.records]).encode(), ".json")
+    return map_payload(p.coords, groups, names, [r.id for r in g.records], token=state.page_token, highlight=_highlight(state), title=title,
+                       revision=_revision(state), points_url=file_url(points))
 
 
 def _revision(state: SessionState) -> str:

@@ -26,7 +26,16 @@ A click or a query changes only the highlight: the event sends the component's
 or positions, with the map's `key` and a sequence number), and the page redraws its SVG
 layer above the WebGL canvas (a plotly restyle of a WebGL trace repaints every point:
 ~0.4 s at 20,000 points in software rendering). The zoom survives every update
-(`layout.uirevision`); the server validates every index it receives."""
+(`layout.uirevision`); the server validates every index it receives.
+
+The app keeps the points out of the component's props: its `value` carries
+`"points": {"n": N, "url": ...}` and the page fetches the points object (the "points"
+above, as JSON) from that URL once per map (`points_json`; the app serves it from the
+session's folder, see served.py). Gradio's page copies and compares a component's whole
+props on every event's status change: counted at 20,000 points, one click cloned the map
+value 32 times and serialised it 26 times; at 100,000 points the value is 2.4 MB inline,
+1.1 KB with the URL.
+`map_payload` without a URL gives the whole map inline, which the page draws as well."""
 
 from __future__ import annotations
 
@@ -34,7 +43,8 @@ import base64
 import hashlib
 import json
 import math
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -57,11 +67,19 @@ RING_SIZE = 16
 RING_COLOUR = "#111111"
 
 
+FILE_ROUTE = "/gradio_api/file="  # Gradio's route for files on disk (only inside the allowed paths)
+
+
 def file_url(path) -> str:
     """The URL under which Gradio serves `path` (only inside the allowed paths)."""
-    from pathlib import Path
+    return "" if path is None else FILE_ROUTE + Path(path).as_posix()
 
-    return "" if path is None else f"/gradio_api/file={Path(path).as_posix()}"
+
+def file_path(url: str) -> Path:
+    """The file a `file_url` names (for callers in the app's own process, e.g. tests)."""
+    if not url.startswith(FILE_ROUTE):
+        raise ValueError(f"not a served file's URL: {url!r}")
+    return Path(url[len(FILE_ROUTE):])
 
 
 def class_colour(label: int) -> str:
@@ -92,26 +110,35 @@ def map_key(revision: str, coords: np.ndarray) -> str:
     return f"{revision}|{digest}"
 
 
+def map_points(coords: np.ndarray, labels: np.ndarray, classes: Sequence[str], ids: Sequence[str]) -> dict:
+    """The payload's "points" object (see the module docstring)."""
+    coords = np.asarray(coords, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    label_type, label_dtype = label_encoding(len(classes))
+    return {"n": len(coords), "x": _b64(coords[:, 0], "<f4"), "y": _b64(coords[:, 1], "<f4"),
+            "label": _b64(labels, label_dtype), "label_type": label_type, "ids": _short_ids(ids, labels, classes)}
+
+
+def points_json(coords: np.ndarray, labels: np.ndarray, classes: Sequence[str], ids: Sequence[str]) -> str:
+    """The points alone, as the file the page fetches for a map sent with `points_url`."""
+    return json.dumps(map_points(coords, labels, classes, ids), separators=(",", ":"))
+
+
 def map_payload(coords: np.ndarray, labels: np.ndarray, classes: Sequence[str], ids: Sequence[str], *, token: str = "",
-                highlight: dict | None = None, title: str = "", revision: str = "map") -> str:
+                highlight: dict | None = None, title: str = "", revision: str = "map", points_url: str | None = None) -> str:
     """The map as the page draws it (see the module docstring). `revision` names the map:
     the user's zoom survives redraws of the same map and resets when it changes (another
     folder, model or projection). `highlight`: from `highlight_payload` (its key is set
-    to this map's)."""
+    to this map's). `points_url`: where the page fetches the points (`points_json` of the
+    same arguments); None: the points inline."""
     coords = np.asarray(coords, dtype=np.float32)
-    labels = np.asarray(labels, dtype=np.int64)
     key = map_key(revision, coords)
-    label_type, label_dtype = label_encoding(len(classes))
     star = highlight.get("star") if highlight is not None else None
     if highlight is not None:
         highlight = {**highlight, "key": key, "range": _ranges(coords, star)}
+    points = {"n": len(coords), "url": points_url} if points_url else map_points(coords, labels, classes, ids)
     payload = {
-        "format": FORMAT, "key": key, "token": token, "title": title,
-        "points": {
-            "n": len(coords), "x": _b64(coords[:, 0], "<f4"), "y": _b64(coords[:, 1], "<f4"),
-            "label": _b64(labels, label_dtype), "label_type": label_type,
-            "ids": _short_ids(ids, labels, classes),
-        },
+        "format": FORMAT, "key": key, "token": token, "title": title, "points": points,
         "classes": [{"name": name, "colour": class_colour(i)} for i, name in enumerate(classes)],
         "marker": {"size": POINT_SIZE, "opacity": POINT_OPACITY}, "max_class_traces": MAX_CLASS_TRACES,
         "highlight": highlight,
@@ -233,11 +260,17 @@ def decode_colouring(value: str) -> dict:
 
 
 # ------------------------------------------------------------ reading it back
-def decode_map(value: str) -> dict:
+def decode_map(value: str, fetch: Callable[[str], str | bytes] | None = None) -> dict:
     """A map payload → {"coords" (N, 2) float32, "labels" (N,) int, "ids", "classes",
-    "highlight", "layout"}: for API clients and tests (the page does the same in JS)."""
+    "highlight", "layout", "key", "token"}: for API clients and tests (the page does the
+    same in JS). A map whose points are at a URL (the app's) needs `fetch(url)` → the
+    points JSON (e.g. an HTTP GET on the app's address + url)."""
     payload = json.loads(value)
     points = payload["points"]
+    if "url" in points:
+        if fetch is None:
+            raise ValueError("this map's points are served at points.url: pass fetch")
+        points = json.loads(fetch(points["url"]))
     x = np.frombuffer(base64.b64decode(points["x"]), dtype="<f4")
     y = np.frombuffer(base64.b64decode(points["y"]), dtype="<f4")
     dtype = {name: dtype for name, dtype, _ in LABEL_TYPES}[points["label_type"]]
@@ -529,6 +562,12 @@ const clearSelection = (gd) => {
 };
 const LEGEND_DOUBLE_MS = 350;
 const legendClick = (gd, ev) => {
+  // One click, one call: Gradio's own plots load a second plotly bundle that takes
+  // `window.Plotly` over, and a map redrawn by both carries two event emitters that both
+  // report the click (a single click was then taken for a double one and isolated the class).
+  const click = (ev && ev.event) || ev;
+  if (click === gd.__rmapLegendEvent) return;
+  gd.__rmapLegendEvent = click;
   const trace = gd.data && gd.data[ev.curveNumber];
   if (!trace) return;
   const name = trace.name, now = Date.now(), last = gd.__rmapLegendLast;
@@ -572,18 +611,33 @@ const draw = () => {
   if (typeof Plotly === 'undefined') { setTimeout(draw, 100); return; }
   let fig = null;
   try { fig = props.value ? JSON.parse(props.value) : null; } catch (e) { fig = null; }
-  if (!fig || !fig.points || !fig.points.n) {
-    if (gd.data) Plotly.purge(gd);
-    gd.__rmap = null;
-    drawOverlay(gd);
-    gd.innerHTML = '<p class="rmap-empty">Load a folder to see its map.</p>';
-    return;
-  }
-  if (!gd.data) gd.innerHTML = '';
+  const seq = (gd.__rmapValueSeq || 0) + 1;
+  gd.__rmapValueSeq = seq;  // a value that arrives later wins over a fetch still running
+  if (!fig || !fig.points || !fig.points.n) { showEmpty(gd, 'Load a folder to see its map.'); return; }
   // Axes are only valid once a redraw has finished: clicks wait for it (`__rmapDrawn`);
   // `__rmapReady` tells tests the map on screen is the latest one.
   gd.__rmapReady = false;
   const fresh = !gd.__rmap || gd.__rmap.key !== fig.key;
+  if (!fresh || !fig.points.url) { show(gd, fig, fresh); return; }
+  // Another map whose points are served apart from the value (see plot.py): fetched once.
+  gd.__rmapDrawn = fetch(fig.points.url, {credentials: 'same-origin'})
+    .then((r) => { if (!r.ok) throw new Error(`the map's points: HTTP ${r.status}`); return r.json(); })
+    .then((points) => (gd.__rmapValueSeq === seq ? show(gd, {...fig, points}, true) : null))
+    .catch((e) => { if (gd.__rmapValueSeq === seq) showEmpty(gd, 'The map could not be loaded: ' + e.message); });
+};
+const showEmpty = (gd, words) => {
+  if (gd.data) Plotly.purge(gd);
+  gd.__rmap = null;
+  drawOverlay(gd);
+  gd.innerHTML = '';
+  const p = document.createElement('p');
+  p.className = 'rmap-empty';
+  p.textContent = words;
+  gd.appendChild(p);
+};
+// Draws `fig` (its points inline); `fresh`: another map than the one on screen.
+const show = (gd, fig, fresh) => {
+  if (!gd.data) gd.innerHTML = '';
   if (fresh) {
     gd.__rmap = decodeMap(fig);
     gd.__rmapTraces = classTraces(gd.__rmap, fig);
@@ -609,6 +663,7 @@ const draw = () => {
   // Another map (folder, model, projection): the server resets the selection and the
   // class list, and colours it as the page asks (a colouring is per map).
   if (fresh) Promise.resolve(drawn).then(() => trigger('map_loaded', {key: fig.key}));
+  return drawn;
 };
 // Colour by class or by a value per point: the same points, recoloured.
 const recolour = () => {

@@ -1,6 +1,7 @@
 """The files the app serves over HTTP (besides plotly.js): one session's thumbnails,
 hard-linked into a folder named by a random token, one at a time, when the page shows
-them (a gallery, a hovered point): a folder of 20,000 images makes no thumbnail at load.
+them (a gallery, a hovered point): a folder of 20,000 images makes no thumbnail at load;
+and its maps' points (`publish`: the page fetches them; see plot.py).
 
 Gradio serves only paths under `served_root()` (launch's `allowed_paths`), so embedding
 stores, maps, uploads and the thumbnails of folders no session has loaded are never
@@ -10,12 +11,14 @@ where it is (a symbolic link would be resolved to the thumbnail cache and refuse
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
 import threading
 import time
 from pathlib import Path
+from ..atomic import atomic_write_bytes
 from ..paths import cache_dir
 
 SERVED_MAX_AGE_S = 24 * 3600  # a session folder older than this is left from a past run
@@ -61,6 +64,20 @@ class ServedFiles:
             if link.is_file():
                 return link
             return _link(source, link)
+
+    def publish(self, data: bytes, suffix: str) -> Path:
+        """`data` served from the current sub-folder as `<digest><suffix>` (e.g. a map's
+        points: made once per map, not a file of the user's folder). Named by content, so
+        the same data is written once and a URL never changes what it serves; written
+        atomically, as the page may be fetching an earlier file meanwhile."""
+        name = hashlib.blake2b(data, digest_size=16).hexdigest() + suffix
+        with self._lock:
+            if self._generation == 0:
+                raise RuntimeError("renew() before publish()")
+            path = self.current / name
+            if not path.is_file():
+                atomic_write_bytes(path, data)
+            return path
 
     def close(self) -> None:
         with self._lock:
