@@ -90,3 +90,21 @@ def test_a_clean_separable_gallery_has_no_suspicious_labels():
     vectors[4] = vectors[25]  # one x placed among the z
     hits = suspicious_labels(Gallery.from_embeddings("/x", records_for(labels, classes), classes, vectors), k=5)
     assert [(h.index, h.looks_like, h.share) for h in hits] == [(4, "z", 1.0)]
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_distances_from_one_image_agree_with_the_exact_ones(distance):
+    """The one-pass scan (norms expanded) against float64 differences; a pair's exact
+    distance (what the hardest pair reports) to float64 precision."""
+    rng = np.random.default_rng(1)
+    classes = ["a", "b"]
+    vectors = (rng.normal(size=(300, 16)) + 5.0).astype(np.float32)  # far from the origin: the expansion's worst case
+    gallery = Gallery.from_embeddings("/x", records_for(rng.integers(0, 2, 300), classes), classes, vectors, distance=distance)
+    exact64 = vectors.astype(np.float64)
+    unit = exact64 / np.linalg.norm(exact64, axis=1, keepdims=True)
+    for i in (0, 17, 299):
+        want = 1 - unit @ unit[i] if distance == "cosine" else np.linalg.norm(exact64 - exact64[i], axis=1)
+        got = gallery.distances_from(i)
+        assert got[i] == 0.0 and np.allclose(got, want, atol=2e-3 if distance == "euclidean" else 1e-5)
+        for j in (1, 42, 250):
+            assert gallery.distance_between(i, j) == pytest.approx(want[j], abs=1e-9)

@@ -85,7 +85,9 @@ def _nearest_of_own_class(gallery: Gallery, i: int) -> float:
     distances = gallery.distances_from(i)
     same = gallery.labels == gallery.labels[i]
     same[i] = False
-    return float(distances[same].min()) if same.any() else float("inf")
+    if not same.any():
+        return float("inf")
+    return gallery.distance_between(i, int(np.flatnonzero(same)[int(np.argmin(distances[same]))]))
 
 
 def suspicious_labels_csv(hits: list[SuspiciousLabel]) -> str:
