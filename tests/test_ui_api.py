@@ -24,6 +24,7 @@ import ui_helpers  # noqa: E402
 from retrieval_app.ui.access import MAX_UPLOAD_FILE_BYTES  # noqa: E402
 from retrieval_app.ui.plot import decode_map  # noqa: E402
 from retrieval_app.ui.launch import launch_app  # noqa: E402
+from retrieval_app.training.standby import StandbyWorker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("Leopards", "sunflower", "watch")
@@ -524,10 +525,13 @@ def test_a_local_page_that_answers_late_is_started_again(env, monkeypatch):
         return len(checks) > 1 and real(url)
 
     monkeypatch.setattr(gradio.networking, "url_ok", first_check_fails)
+    closed = []  # the restart closes the server only, not the app's standby training process
+    monkeypatch.setattr(StandbyWorker, "close", lambda self: closed.append(self))
     port = ui_helpers.free_port()
     demo = launch_app(folder=env["folder"], port=port, open_browser=False, block=False)
     try:
         assert len(checks) == 2  # the first check failed, the second launch passed it
+        assert closed == []
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
             assert page.status == 200
     finally:

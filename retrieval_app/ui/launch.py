@@ -6,6 +6,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import gradio as gr
 from PIL import Image
 
 from ..choices import DEFAULT_TRAINING_RUNNER
@@ -87,7 +88,7 @@ def _launch_local_or_shared(demo, share: bool, kwargs: dict):
             if share or "localhost is not accessible" not in str(exc) or attempt == LOCAL_CHECK_TRIES:
                 raise
             print(f"The local page did not answer in time (attempt {attempt}); starting the server again.", file=sys.stderr, flush=True)
-            demo.close()
+            gr.Blocks.close(demo)  # the server only: `make_app`'s close would also end the app's standby training process
     return demo
 
 
