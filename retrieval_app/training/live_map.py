@@ -7,11 +7,11 @@ saved beside the checkpoint (`frames.npz`, see `map_frames.py`).
 What is shown:
 - full mode: the whole run, every few seconds, and the network at its end;
 - quick mode: the first class fold (its last state always, however short it was) and
-  the refit. The first fold trains from the start for the longest stretch (under a time budget it sets the length the others repeat);
-  the other folds tell the same story again on other classes, and would make the map
-  snap back to the start twice. The refit is the model the user gets: it starts from the
-  same head as fold 1 (so its first frame is the start frame again, at no cost) and ends
-  with the kept blend applied.
+  the refit. The first fold trains from the start for the longest stretch (under a
+  time budget it sets the length the others repeat); the other folds tell the same
+  story again on other classes, and would make the map snap back to the start twice.
+  The refit is the model the user gets: it starts from the same head as fold 1 (so its
+  first frame is the start frame again, at no cost) and ends with the kept blend applied.
 
 What it costs: a frame runs in the training thread, between two steps, so its cost is
 the training's loss. Three limits keep it small: frames come at most every `interval_s`

@@ -67,14 +67,12 @@ class StandbyWorker:
 
 
 def _reap(worker: subprocess.Popen) -> None:
-    for stream in (worker.stdin, worker.stdout, worker.stderr):
+    from .subprocess_job import end_worker
+
+    end_worker(worker, CLOSE_GRACE_S)
+    worker.wait()  # collected, not left a zombie
+    for stream in (worker.stdout, worker.stderr):  # nobody reads them: no descriptors left open
         try:
-            if stream is not None:
-                stream.close()
+            stream.close()
         except OSError:
             pass
-    try:
-        worker.wait(CLOSE_GRACE_S)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()

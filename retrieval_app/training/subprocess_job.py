@@ -169,14 +169,7 @@ class ProcessTrainingJob(TrainingJob):
         if it is still there shortly after."""
         if self._proc is None or self._proc.poll() is not None:
             return
-        try:
-            self._proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self._proc.wait(EXIT_GRACE_S)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
+        end_worker(self._proc, EXIT_GRACE_S)
 
     # ------------------------------------------------------------ reading the worker
     def _read_messages(self) -> None:
@@ -266,6 +259,19 @@ def spawn_worker(argument: str) -> subprocess.Popen:
         [sys.executable, "-m", WORKER_MODULE, argument], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, env=worker_environment(), start_new_session=True,
     )
+
+
+def end_worker(proc: subprocess.Popen, grace_s: float) -> None:
+    """Close the worker's stdin (it cancels its run, or a standby leaves) and kill it if
+    it is still there `grace_s` later."""
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def app_environment() -> dict[str, str]:

@@ -107,14 +107,15 @@ def watch_parent(stdin_fd: int, cancel: threading.Event, pending: bytes = b"") -
     `pending`: bytes already read after the spec's line (a standby worker)."""
 
     def read() -> None:
-        nonlocal pending
-        if any(line.strip() == b"cancel" for line in pending.split(b"\n")[:-1]):
-            cancel.set()
-        while chunk := _read(stdin_fd):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
+        buffer = pending
+        while True:
+            *lines, buffer = buffer.split(b"\n")
             if any(line.strip() == b"cancel" for line in lines):
                 cancel.set()
+            chunk = _read(stdin_fd)
+            if not chunk:
+                break
+            buffer += chunk
         cancel.set()  # end of file: the parent is gone
         timer = threading.Timer(EXIT_AFTER_PARENT_GONE_S, os._exit, (EXIT_PARENT_GONE,))
         timer.daemon = True
