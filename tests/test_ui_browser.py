@@ -110,6 +110,9 @@ def open_training(page) -> None:
 def test_training_progress_and_cancel(page, server):
     open_app(page, server)
     open_training(page)
+    # Many epochs within a long budget: the 40 easy photos stop violating the margin in
+    # seconds, and with a budget alone the stall watch would end the run before the click.
+    page.get_by_label("Epochs").fill("100000")
     page.get_by_label("Time budget, s (optional)").fill("120")
     page.locator("#train-start").click()
     page.wait_for_function("() => /epoch [1-9]/.test(document.querySelector('#train-status').innerText)", timeout=120_000)
