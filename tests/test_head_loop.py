@@ -74,19 +74,63 @@ def test_the_grid_gives_the_indexed_loss_and_gradient(distance):
 
 
 # ---------------------------------------------------------------- the isometric view
-@pytest.mark.parametrize("blend", [1.0, 0.4])
-def test_the_identity_heads_view_keeps_norms_and_distances(blend):
-    features, _ = feature_table()
+def trained_identity_head(features: torch.Tensor, blend: float = 1.0):
     head = make_head("identity", FEATURE_DIM, 128)
     init_from_features(head, features)
     with torch.no_grad():  # a trained head: some update inside the subspace
         head.delta.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(3))
         head.shift.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(4))
     set_blend(head, blend)
+    return head
+
+
+@pytest.mark.parametrize("blend", [1.0, 0.4])
+def test_the_identity_heads_view_keeps_norms_and_distances(blend):
+    features, _ = feature_table()
+    head = trained_identity_head(features, blend)
     direct, view = head(features).double(), head.isometric_forward(head.isometric_inputs(features)).double()
     assert torch.allclose(view.norm(dim=1), direct.norm(dim=1), rtol=1e-5)
     assert torch.allclose(view @ view.t(), direct @ direct.t(), rtol=1e-4, atol=1e-3)
     assert torch.allclose(torch.cdist(view, view), torch.cdist(direct, direct), atol=2e-3)
+
+
+@pytest.mark.parametrize("blend", [1.0, 0.4])
+def test_the_within_batch_view_keeps_the_batchs_norms_and_distances_in_fewer_columns(blend):
+    features, _ = feature_table(classes=20)  # more images than the subspace's 128 directions: residuals
+    batch = features[:16]
+    head = trained_identity_head(features, blend)
+    direct = head(batch).double()
+    compact = head.batch_isometric_forward(head.isometric_inputs(batch))
+    assert compact.shape == (16, 128 + 16)  # the residual block: one column per row of the batch
+    compact = compact.double()
+    assert torch.allclose(compact.norm(dim=1), direct.norm(dim=1), rtol=1e-5)
+    assert torch.allclose(compact @ compact.t(), direct @ direct.t(), rtol=1e-4, atol=1e-3)
+    assert torch.allclose(torch.cdist(compact, compact), torch.cdist(direct, direct), atol=2e-3)
+
+
+def test_a_batch_with_a_repeated_image_keeps_the_whole_residual():
+    features, _ = feature_table()
+    batch = torch.cat([features[:8], features[:1]])  # the same image twice: no Cholesky factor
+    head = trained_identity_head(features)
+    out = head.batch_isometric_forward(head.isometric_inputs(batch))
+    assert out.shape == (9, 128 + FEATURE_DIM)
+    assert torch.allclose(out.double(), head.isometric_forward(head.isometric_inputs(batch)).double())
+
+
+def test_mining_across_ranks_trains_on_the_view_that_holds_across_batches():
+    features, _ = feature_table(classes=20)
+    net = identity_net(features)
+    rows, within = net.training_view(features, max_bytes=1 << 30, within_batch=True)
+    _, across = net.training_view(features, max_bytes=1 << 30, within_batch=False)
+    a, b = rows[:16], rows[16:32]
+    # two batches' rows compared with each other: only the full view gives the true distances
+    direct = torch.cdist(net.embed_features(features[:16]), net.embed_features(features[16:32]))
+    assert torch.allclose(torch.cdist(across(a), across(b)), direct, atol=1e-4)
+    assert not torch.allclose(torch.cdist(within(a)[:, :144], within(b)[:, :144]), direct, atol=1e-2)
+    # what the loop picks: within a batch unless it mines on batches gathered from ranks
+    config = TrainConfig(folder="unused", out_dir="unused", batch_size=16, samples_per_class=4, seed=0)
+    loop = HeadLoop(net, features, torch.arange(len(features)) // 12, config, lr=1e-2, seed=0)
+    assert not loop.gather and loop.model(rows[:16]).shape == (16, 128 + 16)
 
 
 def test_the_view_is_used_only_where_it_is_exact_and_affordable():
@@ -105,17 +149,19 @@ def test_the_view_is_used_only_where_it_is_exact_and_affordable():
 def trained_delta(features, labels, distance: str, use_view: bool, monkeypatch) -> torch.Tensor:
     net = identity_net(features)
     if not use_view:
-        monkeypatch.setattr(net, "training_view", lambda f, max_bytes: (f, net.embed_features))
+        monkeypatch.setattr(net, "training_view", lambda f, max_bytes, within_batch=False: (f, net.embed_features))
     config = TrainConfig(folder="unused", out_dir="unused", batch_size=16, samples_per_class=4, distance=distance, seed=0)
     loop = HeadLoop(net, features, labels, config, lr=1e-2, seed=5)
     assert (loop.features.shape[1] == 128 + FEATURE_DIM) == use_view
+    if use_view:  # the batch's residuals in one column per row
+        assert loop.model(loop.features[:16]).shape == (16, 128 + 16)
     loop.run(steps=12)
     return net.head.delta.detach().clone()
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
 def test_training_on_the_view_follows_the_plain_trajectory(distance, monkeypatch):
-    features, labels = feature_table()
+    features, labels = feature_table(classes=20)  # residuals outside the subspace: the within-batch view
     plain = trained_delta(features, labels, distance, False, monkeypatch)
     fast = trained_delta(features, labels, distance, True, monkeypatch)
     assert plain.abs().max() > 1e-3  # it did train

@@ -41,6 +41,8 @@ class _ShuffledCycle:
 
     def _fresh_queue(self, used: Counter) -> list[int]:
         order = self.rng.permutation(self.items).tolist()
+        if not used:  # a take that starts on a fresh queue: nothing to order (a tiny step's cost)
+            return order
         # Items the current take has used most go first in the list, i.e. are handed out
         # last: no repeat before every item is in, and repeats spread evenly.
         return sorted(order, key=lambda item: -used[item])

@@ -73,13 +73,15 @@ class EmbeddingNet(nn.Module):
         out = features if self.head is None else self.head(features)
         return F.normalize(out, dim=1) if self.normalize else out
 
-    def training_view(self, features: torch.Tensor, max_bytes: int) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    def training_view(self, features: torch.Tensor, max_bytes: int, *, within_batch: bool = False) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
         """(inputs, embed) for training the head on cached `features`: `embed` of a batch
         of `inputs` rows is an isometric image of `embed_features` of the same feature
         rows (same norms, inner products, Euclidean distances), computed in fewer
         operations; a head without such a view (or whose view would need more than
         `max_bytes` of inputs) gives (features, embed_features). Only losses on
-        rotation-invariant distances may train on it."""
+        rotation-invariant distances may train on it. `within_batch`: the image need
+        only be isometric among one batch's rows (the loss never compares rows of two
+        batches), which is cheaper still."""
         head = self.head
         view_ok = getattr(head, "has_orthonormal_basis", None)
         if view_ok is None or not view_ok():
@@ -89,7 +91,7 @@ class EmbeddingNet(nn.Module):
             return features, self.embed_features
 
         def embed(rows: torch.Tensor) -> torch.Tensor:
-            out = head.isometric_forward(rows)
+            out = head.batch_isometric_forward(rows) if within_batch else head.isometric_forward(rows)
             return F.normalize(out, dim=1) if self.normalize else out  # norms are kept: same as normalising y
 
         return head.isometric_inputs(features), embed

@@ -120,8 +120,23 @@ class SubspaceIdentity(nn.Module):
     def isometric_forward(self, rows: torch.Tensor) -> torch.Tensor:
         """For rows = `isometric_inputs(x)`: [Uᵀy | y − UUᵀy] with y = self(x), an image of
         y at the same norms, inner products and Euclidean distances."""
+        return self._moved_with(rows, rows[:, self.basis.shape[1]:])
+
+    def batch_isometric_forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """As `isometric_forward`, but isometric within this batch only: the fixed residual
+        block (B × feature_dim) is replaced by B × B rows with the same inner products,
+        the Cholesky factor of its Gram matrix. A loss that compares the batch's rows with
+        each other only (not with another batch's, as gathered mining across ranks would)
+        sees the same numbers, while the normalisation, distance matrix and their
+        gradients work on rank + B columns instead of rank + feature_dim. Rows whose
+        residuals are linearly dependent (a duplicate image in the batch) have no such
+        factor: that batch keeps the whole residual."""
         rank = self.basis.shape[1]
-        projected, residual = rows[:, :rank], rows[:, rank:]
+        return self._moved_with(rows, _gram_factor(rows[:, rank:]))
+
+    def _moved_with(self, rows: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        rank = self.basis.shape[1]
+        projected = rows[:, :rank]
         inner = torch.addmm(self.shift, projected, self.delta.t())
         blend = float(self.blend)
         moved = projected + inner if blend == 1.0 else torch.add(projected, inner, alpha=blend)
@@ -133,6 +148,16 @@ class SubspaceIdentity(nn.Module):
         eye = torch.eye(self.basis.shape[0], dtype=self.basis.dtype, device=self.basis.device)
         blend = float(self.blend)
         return eye + blend * (self.basis @ self.delta @ self.basis.t()), blend * (self.basis @ self.shift)
+
+
+@torch.no_grad()
+def _gram_factor(residual: torch.Tensor) -> torch.Tensor:
+    """(B, B) rows with the inner products of `residual`'s rows (L of Gram = L Lᵀ, factored
+    in float64), or `residual` itself when the Gram matrix is singular."""
+    if residual.shape[0] >= residual.shape[1]:  # no fewer columns to gain
+        return residual
+    factor, info = torch.linalg.cholesky_ex((residual @ residual.t()).double())
+    return factor.to(residual.dtype) if int(info) == 0 else residual
 
 
 IDENTITY_RANK = 128  # dimension of the identity head's trainable subspace

@@ -115,13 +115,14 @@ class HeadLoop:
         self.config = config
         self.cancel = cancel or threading.Event()
         self.dist = distributed or Distributed()
-        inputs, embed = features, None
-        if get_distance(config.distance).rotation_invariant:  # the loss sees the same distances on the view
-            inputs, embed = net.training_view(features, max_bytes=VIEW_MAX_BYTES)
-        self.features = inputs.contiguous()  # what the batches are gathered from
-        self.model = self.dist.wrap(FeatureForward(net, embed))  # after the head's start is set: DDP copies rank 0's
         # Random triplets are laid out per batch ([a | p | n]): nothing to mine globally.
         self.gather = self.dist.enabled and config.mining != "random"
+        inputs, embed = features, None
+        if get_distance(config.distance).rotation_invariant:  # the loss sees the same distances on the view
+            # Mining on a batch gathered from every rank compares rows of different batches.
+            inputs, embed = net.training_view(features, max_bytes=VIEW_MAX_BYTES, within_batch=not self.gather)
+        self.features = inputs.contiguous()  # what the batches are gathered from
+        self.model = self.dist.wrap(FeatureForward(net, embed))  # after the head's start is set: DDP copies rank 0's
         self.optimizer = make_optimizer(net.head.parameters(), lr, config.weight_decay)
         self.batches = batch_indices(labels.cpu(), config, seed, rank=self.dist.rank, world_size=self.dist.world_size)
         self.loss_fn = TripletLoss(config.mining, margin=config.margin, distance=config.distance, reduction=config.reduction)
