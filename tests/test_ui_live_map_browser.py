@@ -53,7 +53,10 @@ def test_live_map_frames_arrive_during_training_and_replay_after(page, server):
     page.get_by_text("4 · Fine-tune with a triplet loss").click()
     page.locator("#train-start").wait_for(state="visible")
     # The backbone already separates these photos: the run keeps it (no hand-over to wait for).
-    page.get_by_label("Time budget, s (optional)").fill("16")
+    # Many epochs within the budget: the easy photos reach loss 0 in a fraction of a second,
+    # and with a budget alone the stall watch would end the run after its first frames.
+    page.get_by_label("Epochs").fill("100000")
+    page.get_by_label("Time budget, s (optional)").fill("8")
     page.locator("#train-start").click()
     # two different frames drawn while the run is still training
     try:
