@@ -132,7 +132,14 @@ def test_the_runners_are_the_registered_choices():
     from retrieval_app.ui.session import SessionRegistry, SessionState
 
     assert SessionState().training_runner == choices.DEFAULT_TRAINING_RUNNER
-    assert SessionRegistry("thread").new().training_runner == "thread" and SessionRegistry("process").new().training_runner == "process"
+    thread_app, process_app = SessionRegistry("thread"), SessionRegistry("process")
+    assert thread_app.new().training_runner == "thread" and process_app.new().training_runner == "process"
+    # A standby worker (standby.py) only for a runner whose start-up it can pay ahead of
+    # time, one per app, shared by its sessions (nothing is started until it is warmed).
+    assert [name for name, runner in RUNNERS.items() if runner.starts_ahead] == ["process"]
+    assert thread_app.standby is None and thread_app.new().standby is None
+    assert process_app.standby is not None and process_app.new().standby is process_app.standby and process_app.standby.pid is None
+    process_app.close()
 
 
 # ----------------------------------------------------------------- a whole run

@@ -120,7 +120,8 @@ class SubspaceIdentity(nn.Module):
     def isometric_forward(self, rows: torch.Tensor) -> torch.Tensor:
         """For rows = `isometric_inputs(x)`: [Uᵀy | y − UUᵀy] with y = self(x), an image of
         y at the same norms, inner products and Euclidean distances."""
-        return self._moved_with(rows, rows[:, self.basis.shape[1]:])
+        rank = self.basis.shape[1]
+        return self._moved_with(rows[:, :rank], rows[:, rank:])
 
     def batch_isometric_forward(self, rows: torch.Tensor) -> torch.Tensor:
         """As `isometric_forward`, but isometric within this batch only: the fixed residual
@@ -132,11 +133,10 @@ class SubspaceIdentity(nn.Module):
         residuals are linearly dependent (a duplicate image in the batch) have no such
         factor: that batch keeps the whole residual."""
         rank = self.basis.shape[1]
-        return self._moved_with(rows, _gram_factor(rows[:, rank:]))
+        return self._moved_with(rows[:, :rank], _gram_factor(rows[:, rank:]))
 
-    def _moved_with(self, rows: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        rank = self.basis.shape[1]
-        projected = rows[:, :rank]
+    def _moved_with(self, projected: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """[Uᵀy | residual] for projected = Uᵀx: the subspace part moved by the head."""
         inner = torch.addmm(self.shift, projected, self.delta.t())
         blend = float(self.blend)
         moved = projected + inner if blend == 1.0 else torch.add(projected, inner, alpha=blend)

@@ -13,6 +13,7 @@ Both give the same events, snapshots and outcomes."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..choices import DEFAULT_TRAINING_RUNNER, TRAINING_RUNNERS
@@ -23,6 +24,7 @@ from .job import TrainingJob
 from .standby import StandbyWorker
 from .subprocess_job import ProcessTrainingJob
 
+
 def _process_job(config: TrainConfig, *, standby: StandbyWorker | None = None, **kwargs) -> TrainingJob:
     return ProcessTrainingJob(config, standby=standby, **kwargs)
 
@@ -31,7 +33,14 @@ def _thread_job(config: TrainConfig, *, standby: StandbyWorker | None = None, **
     return TrainingJob(config, **kwargs)  # a thread has nothing to start ahead of time
 
 
-RUNNERS: dict[str, Callable[..., TrainingJob]] = {"process": _process_job, "thread": _thread_job}
+@dataclass(frozen=True)
+class Runner:
+    make: Callable[..., TrainingJob]  # (config, *, on_event, callbacks, standby) -> job, not started
+    starts_ahead: bool  # its start-up can be paid ahead of time by a standby worker (standby.py)
+
+
+RUNNERS: dict[str, Runner] = {"process": Runner(_process_job, starts_ahead=True), "thread": Runner(_thread_job, starts_ahead=False)}
+assert tuple(RUNNERS) == TRAINING_RUNNERS, "choices.TRAINING_RUNNERS and training.runners.RUNNERS must list the same runners"
 
 
 def training_job(config: TrainConfig, runner: str = DEFAULT_TRAINING_RUNNER, *, on_event: EventCallback = ignore_event,
@@ -40,4 +49,11 @@ def training_job(config: TrainConfig, runner: str = DEFAULT_TRAINING_RUNNER, *, 
     started ahead of time, which a process job takes (see standby.py)."""
     if runner not in RUNNERS:
         raise RetrievalAppError(f"unknown training runner {runner!r} (choose from {', '.join(RUNNERS)})")
-    return RUNNERS[runner](config, on_event=on_event, callbacks=callbacks, standby=standby)
+    return RUNNERS[runner].make(config, on_event=on_event, callbacks=callbacks, standby=standby)
+
+
+def standby_worker(runner: str) -> StandbyWorker | None:
+    """The worker an app keeps started ahead of time for `runner`'s runs (None: its runs
+    need none; an unknown runner is refused when a run starts, by `training_job`)."""
+    kind = RUNNERS.get(runner)
+    return StandbyWorker() if kind is not None and kind.starts_ahead else None

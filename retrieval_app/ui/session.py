@@ -26,7 +26,7 @@ from ..thumbnails import ensure_thumbnails
 from ..training import JobSnapshot, TrainConfig, TrainingJob, checkpoint_distance, load_embedder
 from ..training.checkpoint import checkpoint_dial, is_head_only, set_checkpoint_blend
 from ..training.dial import Dial
-from ..training.runners import training_job
+from ..training.runners import standby_worker, training_job
 from ..training.standby import StandbyWorker
 from ..training.live_map import LiveMap
 from .access import DataRoots
@@ -287,7 +287,7 @@ class SessionRegistry:
     def __init__(self, training_runner: str = DEFAULT_TRAINING_RUNNER) -> None:
         self.training_runner = training_runner  # given to every new session
         # One training process started ahead of time for the whole app (process runner).
-        self.standby = StandbyWorker() if training_runner == "process" else None
+        self.standby = standby_worker(training_runner)
         self._sessions: weakref.WeakValueDictionary[str, SessionState] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
 
