@@ -137,10 +137,12 @@ def app_default(records, features: torch.Tensor, base, budget: float, overrides:
     protocol = QuickProtocol(config, make_net, table, lr=config.resolved_lr(), metric_distance="euclidean", cancel=threading.Event(), emit=lambda event: None)
     outcome, net = protocol.run()
     chosen = outcome.dial.chosen
+    gate = outcome.dial.gate
     info = {
+        "gate_weight": gate["weight"] if gate else None, "gate": gate,
         "refit_steps": outcome.refit_steps, "blend": outcome.blend,
-        "estimate_yours": chosen.seen if chosen else outcome.dial.baseline_seen,
-        "estimate_new": chosen.unseen if chosen else outcome.dial.baseline_unseen,
+        "estimate_yours": gate["seen"] if gate else (chosen.seen if chosen else outcome.dial.baseline_seen),
+        "estimate_new": gate["unseen"] if gate else (chosen.unseen if chosen else outcome.dial.baseline_unseen),
         "estimate_backbone_yours": outcome.dial.baseline_seen, "estimate_backbone_new": outcome.dial.baseline_unseen,
     }
     return (net.embed_features if net is not None else (lambda x: x)), info
@@ -165,7 +167,7 @@ def main(argv=None) -> int:
 
         heads.IDENTITY_RANK = args.subspace
     rows = []
-    print(f"{'dataset':8} {'split':6} {'budget':>6} | {'backbone':>8} {'reference':>9} {'app':>6} {'app−ref':>7} | ref steps  app steps blend  app estimate yours/new", flush=True)
+    print(f"{'dataset':8} {'split':6} {'budget':>6} | {'backbone':>8} {'reference':>9} {'app':>6} {'app−ref':>7} | ref steps  app steps blend  gate  app estimate yours/new", flush=True)
     for dataset in args.datasets:
         folder = caltech_folder() if dataset == "caltech" else fashion_folder(args.fashion_per_class)
         records, features, base = load_features(folder)
@@ -188,8 +190,8 @@ def main(argv=None) -> int:
                        "backbone": backbone, "reference": ref_score, "app": app_score, "reference_steps": ref_info["steps"], **app_info}
                 rows.append(row)
                 est = f"{_f(app_info['estimate_yours'])}/{_f(app_info['estimate_new'])}"
-                print(f"{dataset:8} {split_kind:6} {budget:6.0f} | {backbone:8.3f} {ref_score:9.3f} {app_score:6.3f} {app_score - ref_score:+7.3f} | "
-                      f"{ref_info['steps']:9d} {app_info['refit_steps']:10d} {_f(app_info['blend']):>5}  {est}", flush=True)
+                print(f"{dataset:8} {split_kind:6} {budget:6.0f} | {backbone:8.4f} {ref_score:9.4f} {app_score:6.4f} {app_score - ref_score:+7.4f} | "
+                      f"{ref_info['steps']:9d} {app_info['refit_steps']:10d} {_f(app_info['blend']):>5} {_f(app_info['gate_weight']):>5}  {est}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

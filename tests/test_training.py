@@ -15,7 +15,7 @@ from retrieval_app.errors import CheckpointError, RetrievalAppError
 from retrieval_app.metrics import retrieval_metrics
 from retrieval_app.networks import create_model
 from retrieval_app.retrieval.cache import cached_embeddings
-from retrieval_app.training.checkpoint import set_checkpoint_blend
+from retrieval_app.training.checkpoint import load_checkpoint, set_checkpoint_blend
 from retrieval_app.training.dial import BLENDS, DialPoint, recommend
 from retrieval_app.training.folds import class_folds
 from retrieval_app.training import (
@@ -80,11 +80,16 @@ def test_quick_training_keeps_a_head_only_checkpoint_that_beats_the_backbone(fas
     assert payload["classes"] == sorted(p.name for p in fashion_folder.iterdir())
     # head only: the frozen backbone is rebuilt from its pretrained weights and checked
     assert "backbone" in payload and len(payload["backbone"]["fingerprint"]) == 24
-    assert all(key.startswith("head.") for key in payload["state_dict"])
+    assert all(key.split(".")[0] in ("head", "class_gate") for key in payload["state_dict"])
     assert (tmp_path / "m" / "model.pt").stat().st_size < 2_000_000
     net = load_embedder(tmp_path / "m")
     out = net(torch.rand(3, 3, 224, 224))
-    assert out.shape == (3, 1280)  # the identity head keeps the backbone's dimension
+    # the identity head keeps the backbone's dimension; the class gate appends one per class
+    assert result.dial.gate is not None and net.class_gate is not None
+    assert out.shape == (3, 1280 + 10)
+    gate = result.dial.gate
+    assert gate["seen"] > gate["seen_without"] and gate["unseen_worst_gain"] >= 0  # kept only when safe in every fold
+    assert net.class_gate.settings() == pytest.approx({key: gate[key] for key in ("weight", "threshold", "softness")})
     assert torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-4)
     assert net.blend == pytest.approx(result.dial.chosen.blend)
 
@@ -181,11 +186,19 @@ def test_moving_the_dial_rewrites_the_saved_blend(fashion_folder, tmp_path, shar
     Trainer(quick_config(fashion_folder, tmp_path / "d", epochs=10, batch_size=32, blend=1.0)).run()
     images = torch.rand(2, 3, 224, 224)
     trained = load_embedder(tmp_path / "d")(images)
+    gate = load_checkpoint(tmp_path / "d" / "model.pt")["dial"]["gate"]
     payload = set_checkpoint_blend(tmp_path / "d", 0.0)
-    assert payload["metrics"]["blend"] == 0.0
+    assert payload["metrics"]["blend"] == 0.0 and payload["metrics"]["class_gate"] is False
     backbone = load_embedder("efficientnet_lite0")(images)
-    assert torch.allclose(load_embedder(tmp_path / "d")(images), backbone, atol=1e-5)  # blend 0 = the bare backbone
-    assert not torch.allclose(trained, backbone, atol=1e-3)
+    at_zero = load_embedder(tmp_path / "d")(images)
+    # blend 0 = the bare backbone: a class gate chosen at another blend is switched off (its part all zeros)
+    assert torch.allclose(at_zero[:, : backbone.shape[1]], backbone, atol=1e-5)
+    assert torch.count_nonzero(at_zero[:, backbone.shape[1]:]) == 0
+    assert not torch.allclose(trained[:, : backbone.shape[1]], backbone, atol=1e-3)
+    if gate is not None:  # back at the gate's own blend, it is on again with its own estimates
+        payload = set_checkpoint_blend(tmp_path / "d", gate["blend"])
+        assert payload["metrics"]["class_gate"] is True and payload["metrics"]["val_seen_map_at_r"] == pytest.approx(gate["seen"])
+        assert float(payload["state_dict"]["class_gate.weight"]) == gate["weight"]
 
 
 @pytest.mark.parametrize("mining", ["batch_hard", "semi_hard", "random"])

@@ -58,11 +58,17 @@ class EmbeddingNet(nn.Module):
         self.dim = dim if head is not None else spec.feature_dim
         self.normalize = normalize
         self.backbone_frozen = False
+        self.class_gate: nn.Module | None = None  # see class_gate.py; None: the head's output alone
+
+    def attach_class_gate(self, gate: nn.Module | None) -> "EmbeddingNet":
+        """Append the class gate's part to every embedding (None removes it)."""
+        self.class_gate = gate
+        return self
 
     @property
     def embedding_dim(self) -> int:
         """Length of the vectors `forward` returns."""
-        return self.dim
+        return self.dim + (self.class_gate.n_classes if self.class_gate is not None else 0)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (B, feature_dim)."""
@@ -71,6 +77,8 @@ class EmbeddingNet(nn.Module):
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
         """Head and normalisation only: what quick mode trains on cached features."""
         out = features if self.head is None else self.head(features)
+        if self.class_gate is not None:
+            out = self.class_gate(features, out)
         return F.normalize(out, dim=1) if self.normalize else out
 
     def training_view(self, features: torch.Tensor, max_bytes: int, *, within_batch: bool = False) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
@@ -84,7 +92,7 @@ class EmbeddingNet(nn.Module):
         batches), which is cheaper still."""
         head = self.head
         view_ok = getattr(head, "has_orthonormal_basis", None)
-        if view_ok is None or not view_ok():
+        if view_ok is None or not view_ok() or self.class_gate is not None:
             return features, self.embed_features
         extra = head.basis.shape[1] + features.shape[1]
         if features.shape[0] * extra * features.element_size() > max_bytes:
@@ -125,6 +133,7 @@ class EmbeddingNet(nn.Module):
             "head": self.head_kind,
             "feature_dim": self.spec.feature_dim,
             "spec": self.spec.as_dict(),
+            **({"class_gate": {"n_classes": self.class_gate.n_classes}} if self.class_gate is not None else {}),
         }
 
     @property

@@ -90,10 +90,13 @@ def model_from_config(config: dict[str, Any]) -> EmbeddingNet:
     download): load the checkpoint's state_dict into it."""
     if not isinstance(config, dict):
         raise ModelError("model config must be a dict")
+    from .class_gate import with_class_gate_from_config
+
     try:
-        return create_model(
+        net = create_model(
             config["name"], dim=int(config["dim"]), normalize=bool(config["normalize"]), pretrained=False, head=config["head"]
         )
+        return with_class_gate_from_config(net, config)
     except KeyError as exc:
         raise ModelError(f"model config lacks {exc}") from None
 

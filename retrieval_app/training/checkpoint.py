@@ -38,7 +38,7 @@ def save_model(path: str | Path, net, *, classes: list[str], train_config: dict,
         "format": CHECKPOINT_FORMAT,
         "kind": "model",
         "config": net.config(),
-        "state_dict": _cpu_state_dict(net.head if head_only else net, prefix="head." if head_only else ""),
+        "state_dict": _head_state_dict(net) if head_only else _cpu_state_dict(net),
         "classes": list(classes),
         "train": dict(train_config),
         "metrics": dict(metrics),
@@ -102,7 +102,7 @@ def model_from_checkpoint(payload: dict[str, Any]):
         if backbone is None:
             net.load_state_dict(state)
         else:
-            net.head.load_state_dict({key.removeprefix("head."): value for key, value in state.items()})
+            _load_head_state(net, state)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint weights do not fit its model config: {exc}") from exc
     return net
@@ -117,6 +117,9 @@ def _with_pretrained_backbone(config: dict[str, Any], backbone: dict[str, Any]):
         net = create_model(config["name"], dim=int(config["dim"]), normalize=bool(config["normalize"]), pretrained=True, weights=backbone.get("weights"), head=config["head"])
     except KeyError as exc:
         raise CheckpointError(f"checkpoint config lacks {exc}") from None
+    from ..networks.class_gate import with_class_gate_from_config
+
+    with_class_gate_from_config(net, config)
     if model_fingerprint(net, part="backbone") != backbone.get("fingerprint"):
         raise CheckpointError(
             f"this head was trained on other {config['name']} weights than the ones installed here "
@@ -219,6 +222,35 @@ def delete_checkpoint(path: str | Path, *, root: str | Path | None = None) -> No
     shutil.rmtree(folder)
 
 
+# What a head-only checkpoint stores: every part of the network but the frozen backbone.
+HEAD_ONLY_PARTS = ("head", "class_gate")
+GATE_WEIGHT_KEY = "class_gate.weight"
+
+
+def _head_state_dict(net) -> dict[str, torch.Tensor]:
+    state = {}
+    for part in HEAD_ONLY_PARTS:
+        module = getattr(net, part, None)
+        if module is not None:
+            state.update(_cpu_state_dict(module, prefix=f"{part}."))
+    return state
+
+
+def _load_head_state(net, state: dict[str, torch.Tensor]) -> None:
+    unknown = [key for key in state if key.split(".", 1)[0] not in HEAD_ONLY_PARTS]
+    if unknown:
+        raise RuntimeError(f"unexpected keys {unknown[:3]}")
+    for part in HEAD_ONLY_PARTS:
+        module = getattr(net, part, None)
+        prefix = f"{part}."
+        entries = {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
+        if module is None:
+            if entries:
+                raise RuntimeError(f"weights for a {part} this model does not have")
+            continue
+        module.load_state_dict(entries)
+
+
 def _cpu_state_dict(module, prefix: str = "") -> dict[str, torch.Tensor]:
     return {prefix + key: value.detach().cpu().clone() for key, value in module.state_dict().items()}
 
@@ -244,22 +276,35 @@ def set_checkpoint_blend(path: str | Path, blend: float) -> dict[str, Any]:
         restored = Dial.from_dict(dial)
         restored.chosen = restored.nearest(blend=float(blend))
         payload["dial"] = restored.to_dict()
+        if GATE_WEIGHT_KEY in payload["state_dict"]:  # on at its own blend only; off, its part is zeros
+            on = restored.gate is not None and gate_applies(restored.gate, float(blend))
+            payload["state_dict"][GATE_WEIGHT_KEY] = torch.tensor(float(restored.gate["weight"]) if on else 0.0)
         if restored.chosen is not None:
-            payload["metrics"] = {**payload.get("metrics", {}), **estimate_metrics(restored.chosen)}
+            payload["metrics"] = {**payload.get("metrics", {}), **estimate_metrics(restored.chosen, restored.gate)}
     payload["saved_at"] = time.time()
     atomic_torch_save(payload, path)
     return payload
 
 
-def estimate_metrics(point) -> dict[str, Any]:
-    """A dial point as the flat metrics a checkpoint lists (fold estimates)."""
-    values = [v for v in (point.seen, point.unseen) if v is not None]
-    p1 = [v for v in (point.seen_p1, point.unseen_p1) if v is not None]
+def gate_applies(gate: dict | None, blend: float | None) -> bool:
+    """True when the class gate `gate` (a dial's record of it) was chosen at `blend`: its
+    settings and estimates hold there only, so elsewhere on the dial it is switched off."""
+    return bool(gate) and blend is not None and abs(float(gate.get("blend", -1.0)) - float(blend)) < 1e-6
+
+
+def estimate_metrics(point, gate: dict | None = None) -> dict[str, Any]:
+    """A dial point as the flat metrics a checkpoint lists (fold estimates); with the class
+    gate on at that point, its estimates (precision@1 was not measured with the gate)."""
+    seen, unseen, seen_p1, unseen_p1 = point.seen, point.unseen, point.seen_p1, point.unseen_p1
+    if gate_applies(gate, point.blend):
+        seen, unseen, seen_p1, unseen_p1 = gate["seen"], gate["unseen"], None, None
+    values = [v for v in (seen, unseen) if v is not None]
+    p1 = [v for v in (seen_p1, unseen_p1) if v is not None]
     return {
         "map_at_r": sum(values) / len(values) if values else None, "precision_at_1": sum(p1) / len(p1) if p1 else None,
-        "val_seen_map_at_r": point.seen, "val_unseen_map_at_r": point.unseen,
-        "val_seen_precision_at_1": point.seen_p1, "val_unseen_precision_at_1": point.unseen_p1,
-        "step": point.step, "blend": point.blend,
+        "val_seen_map_at_r": seen, "val_unseen_map_at_r": unseen,
+        "val_seen_precision_at_1": seen_p1, "val_unseen_precision_at_1": unseen_p1,
+        "step": point.step, "blend": point.blend, "class_gate": gate_applies(gate, point.blend),
     }
 
 

@@ -60,6 +60,9 @@ class TrainConfig:
     resume: bool = False
     folds: int = DEFAULT_FOLDS  # quick mode: class folds that choose the training length and blend
     blend: float | None = None  # quick mode: None = the recommended point of the dial; 0..1 = fixed
+    # quick mode, identity head: append the class gate (networks/class_gate.py) when the
+    # class folds find settings that gain on the user's classes and lose on none of theirs
+    class_gate: bool = True
     # quick mode: weight of the term that keeps distances between classes at the backbone's
     # (losses/geometry.py); 0 = off
     keep_geometry: float = 0.0

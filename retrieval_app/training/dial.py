@@ -47,6 +47,7 @@ class Dial:
     note: str = ""
     baseline_seen_p1: float | None = None
     baseline_unseen_p1: float | None = None
+    gate: dict[str, Any] | None = None  # the class gate kept (`quick.GateChoice` as a dict), if any
 
     # -------------------------------------------------------------- queries
     def curve_over_time(self, blend: float = 1.0) -> list[DialPoint]:
@@ -83,6 +84,7 @@ class Dial:
             points=[DialPoint(**p) for p in data.get("points", [])], recommended=point(data.get("recommended")),
             chosen=point(data.get("chosen")), n_folds=int(data.get("n_folds", 0)), note=data.get("note", ""),
             baseline_seen_p1=data.get("baseline_seen_p1"), baseline_unseen_p1=data.get("baseline_unseen_p1"),
+            gate=data.get("gate") if isinstance(data.get("gate"), dict) else None,
         )
 
 

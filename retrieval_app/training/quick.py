@@ -33,6 +33,7 @@ from ..data.scan import ImageRecord
 from ..data.split import Split, split_records
 from ..distributed import Distributed
 from ..metrics import retrieval_metrics
+from ..networks.class_gate import fit_class_gate
 from ..networks.heads import is_blendable
 from ..threads import workload_threads
 from .callbacks import StopRequest
@@ -40,6 +41,7 @@ from .config import TrainConfig
 from .dial import BLENDS, FINE_BLEND_STEP, Dial, DialPoint, best_seen, mean_or_none, recommend
 from .events import TrainEvent
 from .folds import class_folds
+from .gate_selection import FoldGateParts, GateChoice, choose_gate
 from .head_loop import HeadLoop, StepStats
 from .progress import ProgressClock
 
@@ -148,6 +150,7 @@ class QuickProtocol:
         # (fold, step) -> head weights at that measurement (heads are small): the blend
         # can then be refined around the recommendation without training again.
         self.snapshots: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        self.selection: tuple[list[Split], list[dict]] | None = None  # the folds and their backbone scores
 
     @torch.no_grad()
     def embed_rows(self, rows) -> np.ndarray:
@@ -170,10 +173,17 @@ class QuickProtocol:
             folds = self._folds()
             dial = self._select(folds) if folds else Dial(None, None, note="too few images to validate: nothing was held out")
             steps, blend = self.dist.share(self._choice(dial) if self.dist.is_main else None)
+            gate = self.dist.share(self._choose_gate(dial, steps, blend) if self.dist.is_main else None)
+            if gate is not None:
+                if blend is None:  # the backbone itself, with the gate's part appended
+                    steps, blend = dial.refit_step(), 0.0
+                dial.gate = {**gate.to_dict(), "blend": blend}
             net = None
             if blend is not None:
                 net = self._refit(steps)
                 net.set_blend(blend)
+                if gate is not None:
+                    self._attach_gate(net, gate)
                 dial.chosen = dial.nearest(blend=blend, step=steps) or DialPoint(steps, blend, None, None)
             stopped = self.stopped_early or ("time budget reached" if self.config.time_budget else "finished")
             return QuickOutcome(dial, self.history, steps, blend, stopped), net
@@ -204,6 +214,7 @@ class QuickProtocol:
                     self.clock.total_steps = steps_done * (len(folds) + 1)
         if not self.dist.is_main:  # rank 0 measured, and chooses
             return Dial(None, None, note="measured by rank 0")
+        self.selection = (folds, baselines)
         dial = self._dial(per_fold, baselines, len(folds) if folds[0].val_unseen else 0)
         self._refine_blend(dial, folds, baselines)
         return dial
@@ -346,6 +357,51 @@ class QuickProtocol:
         if dial.recommended is None:
             return 0, None
         return dial.recommended.step, dial.recommended.blend
+
+    # ------------------------------------------------------- 2b. class gate
+    def _gate_possible(self) -> bool:
+        from ..networks.heads import get_head_spec
+
+        return bool(self.config.class_gate and get_head_spec(self.config.resolved_head()).starts_as_backbone and self.selection)
+
+    @torch.no_grad()
+    def _choose_gate(self, dial: Dial, steps: int, blend: float | None) -> GateChoice | None:
+        """Class-gate settings measured on the folds' heads at the chosen length (the
+        best-for-your-classes length when the backbone is kept), or None."""
+        if not self._gate_possible():
+            return None
+        folds, baselines = self.selection
+        step = steps if blend is not None else dial.refit_step()
+        if step <= 0 or any((number, step) not in self.snapshots for number in range(1, len(folds) + 1)):
+            return None
+        backbone_unseen = [(base["val_unseen"] or {}).get("map_at_r") for base in baselines]
+        if any(value is None for value in backbone_unseen):
+            return None
+        self._phase(f"measuring the class gate on {len(folds)} folds at {step} steps")
+        parts = [self._gate_parts(number, fold, step, 0.0 if blend is None else blend) for number, fold in enumerate(folds, start=1)]
+        score = lambda embeddings, labels: (retrieval_metrics(embeddings, labels, distance=self.metric_distance).get("map_at_r") if len(labels) > 1 else None)  # noqa: E731
+        return choose_gate(parts, backbone_unseen, score, normalize=self.config.normalize)
+
+    def _gate_parts(self, number: int, fold: Split, step: int, blend: float) -> dict[str, FoldGateParts]:
+        net = self.make_net()
+        net.head.load_state_dict(self.snapshots[(number, step)])
+        net.eval()
+        train = self.table.rows(fold.train)
+        gate = fit_class_gate(net.head, self.table.features[train], self.table.labels[train])
+        net.set_blend(blend)
+        out = {}
+        for name in VALIDATION_SETS:
+            rows = self.table.rows(getattr(fold, name))
+            features = self.table.features[rows]
+            out[name] = FoldGateParts(net.head(features), gate.familiarity(features), gate.class_probabilities(features), self.table.labels[rows])
+        return out
+
+    @torch.no_grad()
+    def _attach_gate(self, net, choice: GateChoice) -> None:
+        gate = fit_class_gate(net.head, self.table.features, self.table.labels)
+        gate.set_settings(weight=choice.weight, threshold=choice.threshold, softness=choice.softness)
+        net.attach_class_gate(gate.to(self.table.features.device))
+        self._phase(f"class gate kept: weight {choice.weight:g}, estimated MAP@R on your classes {choice.seen_without:.3f} → {choice.seen:.3f}, on new classes {choice.unseen_without:.3f} → {choice.unseen:.3f}")
 
     # ------------------------------------------------------------- 3. refit
     def _refit(self, steps: int) -> torch.nn.Module:

@@ -148,7 +148,7 @@ class Trainer:
         self.history = outcome.history
         dial = outcome.dial
         before = _baseline_metrics(dial)
-        after = ckpt.estimate_metrics(dial.chosen) if dial.chosen is not None else dict(before)
+        after = ckpt.estimate_metrics(dial.chosen, dial.gate) if dial.chosen is not None else dict(before)
         if self.dist.is_main and not scan.n_unlabelled:  # rank 0 alone measures; "same identity?" needs labels
             self._note("calibrating verification on held-out pairs")
             self.verification = calibrate_quick(protocol, dial.chosen if net is not None else None, net, cfg)
@@ -575,6 +575,11 @@ def _summarise_quick(dial: Dial, kept: str, head: str, steps: int) -> str:
     if best.unseen is not None:
         text += f", on classes it never saw {_change(dial.baseline_unseen, best.unseen)}"
     text += "."
+    gate = dial.gate
+    if ckpt.gate_applies(gate, best.blend):
+        text += (f" With the class gate (weight {gate['weight']:g}; it adds a class part to images that look like your "
+                 f"classes): on your classes {_change(dial.baseline_seen, gate['seen'])}, on classes it never saw "
+                 f"{_change(dial.baseline_unseen, gate['unseen'])}.")
     if dial.note:
         text += f" Note: {dial.note}."
     return text
