@@ -314,3 +314,20 @@ def test_resume_with_other_settings_is_one_clear_error(shapes_folder, tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") >= 1 and err.strip().splitlines()[-1].startswith("error: cannot resume")
     assert "Traceback" not in err
+
+
+def test_the_cli_shows_the_class_gate_and_can_leave_it_out(fashion_folder, tmp_path, shared_cache, capsys):
+    from retrieval_app.cli import main
+
+    common = ["--epochs", "30", "--batch-size", "32", "--workers", "0"]
+    assert main(["train", str(fashion_folder), "--out", str(tmp_path / "gated"), *common]) == 0
+    printed = capsys.readouterr().out
+    assert "+ gate" in printed and "class gate" in printed
+    assert any(key.startswith("class_gate.") for key in load_checkpoint(tmp_path / "gated")["state_dict"])
+
+    assert main(["train", str(fashion_folder), "--out", str(tmp_path / "plain"), "--no-class-gate", *common]) == 0
+    printed = capsys.readouterr().out
+    assert "+ gate" not in printed
+    payload = load_checkpoint(tmp_path / "plain")
+    assert payload["dial"]["gate"] is None and not any(key.startswith("class_gate.") for key in payload["state_dict"])
+    assert load_embedder(tmp_path / "plain")(torch.rand(2, 3, 224, 224)).shape == (2, 1280)

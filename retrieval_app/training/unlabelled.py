@@ -108,6 +108,11 @@ class ViewProtocol(QuickProtocol):
             text = text.replace(" images", " views").replace(" held-out classes", " held-out images")
         super()._phase(text)
 
+    def _gate_possible(self) -> bool:
+        # The class gate's "classes" would be single images here (their views share a
+        # label): a probability over every image of the folder says nothing about others.
+        return False
+
     def _folds(self) -> list[Split]:
         return image_folds(self.images, self.config.views, self.config.folds, val_fraction=self.config.resolved_val_fraction(), seed=self.config.seed)
 
