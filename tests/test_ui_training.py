@@ -205,6 +205,17 @@ def test_the_dial_in_words_gives_both_estimates_against_the_backbone():
     assert dial_view.initial_blend(dial) == 0.0 and dial_view.is_blendable(dial)
 
 
+def test_the_dial_shows_the_class_gate_at_its_own_blend_only():
+    dial = synthetic_dial()
+    dial.gate = {"weight": 0.5, "threshold": 0.6, "softness": 0.02, "seen": 0.80, "unseen": 0.725, "blend": 0.5}
+    traces = {t.name: t for t in dial_view.dial_figure(dial, 0.5).data}
+    assert (traces["with the class gate (blend 0.5)"].x[0], traces["with the class gate (blend 0.5)"].y[0]) == (0.80, 0.725)
+    assert "With the class gate, which this point keeps: on your classes 0.66 → 0.80, on new classes 0.72 → 0.72" in dial_view.dial_text(dial, 0.5, saved=True)
+    assert "class gate (chosen at blend 0.5) is off" in dial_view.dial_text(dial, 1.0, saved=True)
+    dial.gate = None
+    assert "class gate" not in dial_view.dial_text(dial, 0.5, saved=True)
+
+
 def test_a_checkpoint_put_to_use_from_the_models_section_shows_its_dial(kept_head, env):
     _, snap = kept_head
     spec = str(snap.result.out_dir)

@@ -3,18 +3,19 @@
 x is the estimated MAP@R on the user's classes, y on classes the model never saw (both
 fold averages, see `training/dial.py`). Drawn: the curve over the blend at the refit
 length (from the bare backbone at blend 0 to the trained head at 1), the curve over
-training time at blend 1, the backbone, the recommended point, the point in use and the
-one the slider selects."""
+training time at blend 1, the backbone, the recommended point, the point in use, the one
+the slider selects and, when one was kept, the class gate's estimates at its blend."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from ..training.checkpoint import gate_applies
 from ..training.dial import FINE_BLEND_STEP, Dial, DialPoint
 from .text import md_escape
 
 BLEND_STEP = FINE_BLEND_STEP  # the slider's step: the finest blends the folds measured
-COLOURS = {"blend": "#1f77b4", "time": "#ff7f0e", "backbone": "#555555", "recommended": "#2ca02c", "chosen": "#d62728", "selected": "#000000"}
+COLOURS = {"blend": "#1f77b4", "time": "#ff7f0e", "backbone": "#555555", "recommended": "#2ca02c", "chosen": "#d62728", "selected": "#000000", "gate": "#9467bd"}
 
 
 def blend_curve(dial: Dial) -> list[DialPoint]:
@@ -68,6 +69,8 @@ def dial_figure(dial: Dial, blend: float | None = None) -> go.Figure:
         figure.add_trace(_marker_trace(dial.recommended, "recommended", COLOURS["recommended"], "diamond-open", 18))
     if dial.chosen is not None:
         figure.add_trace(_marker_trace(dial.chosen, "in use", COLOURS["chosen"], "circle-open", 22))
+    if dial.gate is not None:
+        figure.add_trace(_marker_trace((dial.gate["seen"], dial.gate["unseen"]), f"with the class gate (blend {dial.gate['blend']:g})", COLOURS["gate"], "star", 14))
     selected = selected_point(dial, blend)
     if selected is not None:
         figure.add_trace(_marker_trace(selected, f"selected (blend {selected.blend:g})", COLOURS["selected"], "x", 12))
@@ -113,6 +116,12 @@ def dial_text(dial: Dial, blend: float | None, *, saved: bool) -> str:
     if marks:
         words += f" ({', '.join(marks)})"
     words += "."
+    gate = dial.gate
+    if gate is not None and gate_applies(gate, point.blend):
+        words += (f" With the class gate, which this point keeps: on your classes {_change(dial.baseline_seen, gate['seen'])}, "
+                  f"on new classes {_change(dial.baseline_unseen, gate['unseen'])}.")
+    elif gate is not None:
+        words += f" The class gate (chosen at blend {gate['blend']:g}) is off at this point."
     if dial.recommended is None:
         words += " Recommended: the backbone (no point improved your classes without making new classes worse in one of the class folds)."
     if not saved:
