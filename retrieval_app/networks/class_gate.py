@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from .heads import is_blendable, set_blend
+from .heads import is_blendable, make_head, set_blend
 
 PROBABILITY_TEMPERATURE = 0.05  # softmax over cosine similarities to class means
 
@@ -89,8 +89,6 @@ def gated_embedding(base: torch.Tensor, familiarity: torch.Tensor, probabilities
 
 def empty_class_gate(net, n_classes: int) -> ClassGate:
     """A gate shaped for `net`'s head (what a checkpoint's weights load into)."""
-    from .heads import make_head
-
     if net.head is None:
         raise ModelError("a class gate needs a head")
     specialist = make_head(net.head_kind, net.spec.feature_dim, net.dim)

@@ -21,6 +21,7 @@ import torch
 from ..atomic import atomic_torch_save
 from ..errors import CheckpointError, ModelError
 from ..paths import models_dir
+from .dial import Dial, gate_applies
 
 CHECKPOINT_FORMAT = 1
 MODEL_FILE = "model.pt"
@@ -271,8 +272,6 @@ def set_checkpoint_blend(path: str | Path, blend: float) -> dict[str, Any]:
     payload["state_dict"][key] = torch.tensor(float(blend))
     dial = payload.get("dial")
     if isinstance(dial, dict):
-        from .dial import Dial
-
         restored = Dial.from_dict(dial)
         restored.chosen = restored.nearest(blend=float(blend))
         payload["dial"] = restored.to_dict()
@@ -284,12 +283,6 @@ def set_checkpoint_blend(path: str | Path, blend: float) -> dict[str, Any]:
     payload["saved_at"] = time.time()
     atomic_torch_save(payload, path)
     return payload
-
-
-def gate_applies(gate: dict | None, blend: float | None) -> bool:
-    """True when the class gate `gate` (a dial's record of it) was chosen at `blend`: its
-    settings and estimates hold there only, so elsewhere on the dial it is switched off."""
-    return bool(gate) and blend is not None and abs(float(gate.get("blend", -1.0)) - float(blend)) < 1e-6
 
 
 def estimate_metrics(point, gate: dict | None = None) -> dict[str, Any]:
@@ -324,8 +317,6 @@ def checkpoint_dial(spec: str | Path):
     dial = load_checkpoint(resolve_checkpoint_path(spec)).get("dial")
     if not isinstance(dial, dict):
         return None
-    from .dial import Dial
-
     return Dial.from_dict(dial)
 
 

@@ -24,6 +24,12 @@ BLENDS = (0.0, 0.25, 0.5, 0.75, 1.0)  # measured at every step of every fold
 FINE_BLEND_STEP = 0.05  # then measured between the recommendation and the next coarse blend
 
 
+def gate_applies(gate: dict | None, blend: float | None) -> bool:
+    """True when the class gate `gate` (a dial's record of it) was chosen at `blend`: its
+    settings and estimates hold there only, so elsewhere on the dial it is switched off."""
+    return bool(gate) and blend is not None and abs(float(gate.get("blend", -1.0)) - float(blend)) < 1e-6
+
+
 @dataclass(frozen=True)
 class DialPoint:
     step: int

@@ -9,10 +9,10 @@ backbone on the held-out classes of *every* fold (the dial's rule) and no worse 
 same model without the gate on the held-out classes on average over the folds, and it must
 beat the ungated model on the seen classes. (A stricter rule, "no worse than the ungated
 model in every fold", refused every gate on caltech101_dev's closed split, 0.715 vs 0.823
-MAP@R there; see the README's fine-tuning section.)
-Thresholds are quantiles of the familiarity of held-out images
-of trained classes (familiarity scales differ a lot between folders: 0.5-0.7 on photos,
-0.75-0.9 on Fashion-MNIST), and the softness an eighth of its 10-90 % range."""
+MAP@R there; see the README's fine-tuning section.) Thresholds are quantiles of the
+familiarity of held-out images of trained classes (familiarity scales differ a lot between
+folders: 0.5-0.7 on photos, 0.75-0.9 on Fashion-MNIST), and the softness an eighth of its
+10-90 % range."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ from ..data.split import Split, split_records
 from ..distributed import Distributed
 from ..metrics import retrieval_metrics
 from ..networks.class_gate import fit_class_gate
-from ..networks.heads import is_blendable
+from ..networks.heads import get_head_spec, is_blendable
 from ..threads import workload_threads
 from .callbacks import StopRequest
 from .config import TrainConfig
@@ -360,8 +360,6 @@ class QuickProtocol:
 
     # ------------------------------------------------------- 2b. class gate
     def _gate_possible(self) -> bool:
-        from ..networks.heads import get_head_spec
-
         return bool(self.config.class_gate and get_head_spec(self.config.resolved_head()).starts_as_backbone and self.selection)
 
     @torch.no_grad()

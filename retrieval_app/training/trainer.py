@@ -48,7 +48,7 @@ from ..verification import Calibration
 from .calibration import calibrate_full, calibrate_quick
 from .callbacks import Callback, RunView, StopRequest, as_callbacks
 from .config import FROM_SCRATCH_BACKBONES, TrainConfig
-from .dial import Dial
+from .dial import Dial, best_seen, gate_applies
 from .events import EventCallback, TrainEvent, ignore_event
 from .head_loop import CANCELLED, GO_ON, PROGRESS_INTERVAL_S, STOP, TrainingStopped
 from .mining_monitor import MiningMonitor
@@ -558,8 +558,6 @@ def _summarise_quick(dial: Dial, kept: str, head: str, steps: int) -> str:
         return f"Trained the {head} head for {steps} steps without validation ({dial.note})."
     best = dial.chosen if kept == "trained" else None
     if best is None:
-        from .dial import best_seen
-
         top = best_seen(dial.points)
         lost = "" if top is None else (
             f" The best point for your classes (MAP@R {_change(dial.baseline_seen, top.seen)}) would have taken classes it "
@@ -576,7 +574,7 @@ def _summarise_quick(dial: Dial, kept: str, head: str, steps: int) -> str:
         text += f", on classes it never saw {_change(dial.baseline_unseen, best.unseen)}"
     text += "."
     gate = dial.gate
-    if ckpt.gate_applies(gate, best.blend):
+    if gate_applies(gate, best.blend):
         text += (f" With the class gate (weight {gate['weight']:g}; it adds a class part to images that look like your "
                  f"classes): on your classes {_change(dial.baseline_seen, gate['seen'])}, on classes it never saw "
                  f"{_change(dial.baseline_unseen, gate['unseen'])}.")

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from ..training.checkpoint import gate_applies
-from ..training.dial import FINE_BLEND_STEP, Dial, DialPoint
+from ..training.dial import FINE_BLEND_STEP, Dial, DialPoint, gate_applies
 from .text import md_escape
 
 BLEND_STEP = FINE_BLEND_STEP  # the slider's step: the finest blends the folds measured
