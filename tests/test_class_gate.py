@@ -38,7 +38,7 @@ def identity_net(features: torch.Tensor):
 # ------------------------------------------------------------------ the module
 def test_a_closed_gate_keeps_the_base_distances_and_an_open_one_adds_the_class_part():
     features, labels = clustered(4, 10, seed=0)
-    gate = fit_class_gate(identity_net(features).head, features, labels)
+    gate = fit_class_gate(features, labels)
     assert gate.n_classes == 4
     assert torch.allclose(gate.familiar_means.norm(dim=1), torch.ones(4), atol=1e-5)
     probabilities = gate.class_probabilities(features)
@@ -54,10 +54,24 @@ def test_a_closed_gate_keeps_the_base_distances_and_an_open_one_adds_the_class_p
     assert torch.allclose(opened[:, FEATURE_DIM:], 2.0 * probabilities, atol=1e-6)
 
 
+def test_the_probe_recognises_new_images_of_the_trained_classes():
+    features, labels = clustered(5, 40, seed=3, spread=2.0)
+    train = torch.arange(len(labels)) % 2 == 0
+    gate = fit_class_gate(features[train], labels[train], seed=1)
+    assert not any(p.requires_grad for p in gate.parameters())  # fitted, then frozen
+    held_out = gate.class_probabilities(features[~train])
+    assert torch.allclose(held_out.norm(dim=1), torch.ones(int((~train).sum())), atol=1e-5)
+    accuracy = (held_out.argmax(1) == labels[~train]).float().mean()
+    assert accuracy > 0.9
+    # the same seed, the same probe: a refit is reproducible
+    again = fit_class_gate(features[train], labels[train], seed=1)
+    assert torch.equal(again.probe.weight, gate.probe.weight)
+
+
 def test_unfamiliar_images_get_a_smaller_class_part_than_familiar_ones():
     features, labels = clustered(6, 10, seed=1, spread=0.5)
     seen = labels < 3
-    gate = fit_class_gate(identity_net(features).head, features[seen], labels[seen])
+    gate = fit_class_gate(features[seen], labels[seen])
     familiarity = gate.familiarity(features)
     assert familiarity[seen].min() > familiarity[~seen].max()  # classes it never saw look unfamiliar
     threshold = float((familiarity[seen].min() + familiarity[~seen].max()) / 2)
@@ -70,7 +84,7 @@ def test_a_gated_model_keeps_its_gate_through_a_head_only_checkpoint(tmp_path):
     features, labels = clustered(5, 8, seed=2)
     net = identity_net(features)
     net.head.delta.data.normal_(0, 0.05)  # a trained head, not the start
-    gate = fit_class_gate(net.head, features, labels)
+    gate = fit_class_gate(features, labels)
     gate.set_settings(weight=0.5, threshold=0.3, softness=0.02)
     net.attach_class_gate(gate)
     assert net.embedding_dim == FEATURE_DIM + 5

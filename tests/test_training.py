@@ -137,6 +137,26 @@ def test_the_guard_measures_the_bare_backbone_not_the_heads_start(fashion_folder
         assert dial.recommended.unseen >= dial.baseline_unseen
 
 
+@pytest.mark.parametrize("n_classes", [3, 4, 5, 6, 9])
+def test_class_folds_hold_out_groups_that_can_measure_new_classes(n_classes):
+    """A fold holding out one class would score 1.0 on it whatever the model did (every
+    neighbour is of the right class): each fold holds out two classes or more and trains
+    on two or more, and a folder too small for that gets no class folds at all."""
+    from retrieval_app.data.scan import ImageRecord
+
+    records = [ImageRecord(f"c{c}/{i}.png", Path(f"/x/c{c}/{i}.png"), c, f"c{c}", 1, 0) for c in range(n_classes) for i in range(6)]
+    folds = class_folds(records, 3, val_fraction=0.2, seed=0)
+    if n_classes < 4:
+        assert folds == []
+        return
+    assert len(folds) == min(3, n_classes // 2)
+    for fold in folds:
+        assert len({r.label for r in fold.val_unseen}) >= 2
+        assert len({r.label for r in fold.train}) >= 2
+    held_out = [r.label for fold in folds for r in fold.val_unseen]
+    assert sorted(set(held_out)) == list(range(n_classes)) and len(held_out) == len(set(r.id for fold in folds for r in fold.val_unseen))
+
+
 def test_recommend_never_picks_a_point_that_loses_to_the_backbone_on_new_classes():
     points = [
         DialPoint(step=100, blend=1.0, seen=0.90, unseen=0.68, unseen_worst_gain=-0.02),  # beats a weak start, not the backbone

@@ -8,60 +8,67 @@ an image x with backbone features f is
     [ base(x) / |base(x)|  |  weight · s(x) · p(x) ]       (then L2-normalised)
 
 - base: the head at its kept blend (the identity head at blend 0 is the bare backbone);
-- p(x): which of the user's classes x looks like - a softmax over the cosine similarity of
-  the trained head's output (at blend 1: the `specialist`) to each class's mean, as a unit
-  vector. Two images the specialist puts in the same class get a large inner product;
+- p(x): which of the user's classes x looks like - the softmax of a linear classifier
+  (a "linear probe", cross-entropy on the backbone's L2-normalised features) as a unit
+  vector. Two images the probe puts in the same class get a large inner product. A probe
+  on frozen pretrained features classifies new images of the trained classes better than
+  class means in a triplet-trained head's space (caltech101_dev, half the images of
+  each class: 95 % correct, 0.56 s to fit on one thread; see the README);
 - s(x) in [0, 1]: how familiar x looks - a sigmoid of its backbone features' best cosine
   similarity to a class mean, around a threshold. An image of a class the user never
   trained on scores low, gets s ≈ 0 and so keeps (up to one scale shared by all such
   images) the distances its base embedding had.
 
-`weight`, `threshold` and `softness` are chosen on class folds (training/quick.py): the
-best for held-out images of the fold's classes that does not make any fold's held-out
-classes worse than the bare backbone. The module holds its own copy of the specialist,
-so queries never touch the head's `blend` (the app answers several at once)."""
+`weight`, `threshold` and `softness` are chosen on class folds (training/gate_selection.py):
+the best for held-out images of the fold's classes that does not make any fold's held-out
+classes worse than the bare backbone. The gate reads backbone features only, never the
+head, so queries never touch the head's `blend` (the app answers several at once)."""
 
 from __future__ import annotations
-
-import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from .heads import is_blendable, make_head, set_blend
 
-PROBABILITY_TEMPERATURE = 0.05  # softmax over cosine similarities to class means
+# The probe sees unit features times this: unit vectors alone make logits too small for
+# a few hundred steps of Adam to separate a hundred classes.
+PROBE_INPUT_SCALE = 10.0
+PROBE_STEPS = 100  # full-batch Adam steps; accuracy on held-out images flat from 100 to 600
+PROBE_LR = 0.01
+PROBE_WEIGHT_DECAY = 1e-4
+PROBE_BATCH = 4096  # larger folders: a random batch of this many images per step
 
 
 class ClassGate(nn.Module):
     """See the module docstring. Build it with `fit_class_gate`, or empty (to load a
-    checkpoint into) with `ClassGate(specialist, feature_dim, n_classes)`."""
+    checkpoint into) with `ClassGate(feature_dim, n_classes)`."""
 
-    def __init__(self, specialist: nn.Module, feature_dim: int, specialist_dim: int, n_classes: int) -> None:
+    def __init__(self, feature_dim: int, n_classes: int) -> None:
         super().__init__()
         if n_classes < 2:
             raise ModelError(f"a class gate needs at least 2 classes, got {n_classes}")
-        self.specialist = specialist
+        self.probe = nn.Linear(feature_dim, n_classes)
         self.register_buffer("familiar_means", torch.zeros(n_classes, feature_dim))  # unit rows, backbone space
-        self.register_buffer("prototypes", torch.zeros(n_classes, specialist_dim))  # unit rows, specialist space
         self.register_buffer("weight", torch.zeros(()))
         self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("softness", torch.ones(()))
 
     @property
     def n_classes(self) -> int:
-        return self.prototypes.shape[0]
+        return self.familiar_means.shape[0]
 
     def familiarity(self, features: torch.Tensor) -> torch.Tensor:
         """(N,) best cosine similarity of each image's backbone features to a class mean."""
         return (F.normalize(features, dim=1) @ self.familiar_means.t()).max(dim=1).values
 
+    def class_logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.probe(F.normalize(features, dim=1) * PROBE_INPUT_SCALE)
+
     def class_probabilities(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, n_classes) unit vectors: the softmax over the specialist's class similarities."""
-        similarity = F.normalize(self.specialist(features), dim=1) @ self.prototypes.t()
-        return F.normalize(torch.softmax(similarity / PROBABILITY_TEMPERATURE, dim=1), dim=1)
+        """(N, n_classes) unit vectors: the probe's softmax."""
+        return F.normalize(torch.softmax(self.class_logits(features), dim=1), dim=1)
 
     def forward(self, features: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         return gated_embedding(base, self.familiarity(features), self.class_probabilities(features),
@@ -88,11 +95,8 @@ def gated_embedding(base: torch.Tensor, familiarity: torch.Tensor, probabilities
 
 
 def empty_class_gate(net, n_classes: int) -> ClassGate:
-    """A gate shaped for `net`'s head (what a checkpoint's weights load into)."""
-    if net.head is None:
-        raise ModelError("a class gate needs a head")
-    specialist = make_head(net.head_kind, net.spec.feature_dim, net.dim)
-    return ClassGate(specialist, net.spec.feature_dim, net.dim, int(n_classes))
+    """A gate shaped for `net`'s backbone features (what a checkpoint's weights load into)."""
+    return ClassGate(net.spec.feature_dim, int(n_classes))
 
 
 def with_class_gate_from_config(net, config: dict):
@@ -101,24 +105,37 @@ def with_class_gate_from_config(net, config: dict):
     return net.attach_class_gate(empty_class_gate(net, gate["n_classes"])) if gate else net
 
 
-@torch.no_grad()
-def fit_class_gate(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> ClassGate:
-    """A gate for `head` (trained; copied and used at blend 1) from the training images'
-    backbone `features` and `labels`: class means in both spaces. Its settings start at
+def fit_class_gate(features: torch.Tensor, labels: torch.Tensor, *, seed: int = 0) -> ClassGate:
+    """A gate from the training images' backbone `features` and `labels`: class means
+    (familiarity) and the linear probe (class probabilities). Its settings start at
     weight 0 (no effect) until `set_settings`."""
     labels = torch.as_tensor(labels)
     classes = labels.unique(sorted=True)
     if len(classes) < 2:
         raise ModelError("a class gate needs images of at least 2 classes")
-    specialist = copy.deepcopy(head).eval()
-    if is_blendable(specialist):
-        set_blend(specialist, 1.0)
-    for parameter in specialist.parameters():
-        parameter.requires_grad_(False)
-    unit = F.normalize(features.float(), dim=1)
-    special = F.normalize(specialist(features.float()), dim=1)
-    gate = ClassGate(specialist, features.shape[1], special.shape[1], len(classes))
-    one_hot = (labels.unsqueeze(1) == classes.unsqueeze(0)).float()  # (N, C)
-    gate.familiar_means.copy_(F.normalize(one_hot.t() @ unit, dim=1))
-    gate.prototypes.copy_(F.normalize(one_hot.t() @ special, dim=1))
+    features = features.float()
+    targets = torch.searchsorted(classes.to(labels.device), labels)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gate = ClassGate(features.shape[1], len(classes)).to(features.device)
+    with torch.no_grad():
+        unit = F.normalize(features, dim=1)
+        one_hot = F.one_hot(targets, len(classes)).to(unit.dtype)  # (N, C)
+        gate.familiar_means.copy_(F.normalize(one_hot.t() @ unit, dim=1))
+    _train_probe(gate, features, targets, generator)
+    gate.eval()
     return gate
+
+
+def _train_probe(gate: ClassGate, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator) -> None:
+    optimizer = torch.optim.Adam(gate.probe.parameters(), lr=PROBE_LR, weight_decay=PROBE_WEIGHT_DECAY)
+    with torch.enable_grad():
+        for _ in range(PROBE_STEPS):
+            rows = torch.randperm(len(features), generator=generator)[:PROBE_BATCH].to(features.device) if len(features) > PROBE_BATCH else slice(None)
+            loss = F.cross_entropy(gate.class_logits(features[rows]), targets[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    for parameter in gate.probe.parameters():
+        parameter.requires_grad_(False)

@@ -191,7 +191,7 @@ class QuickProtocol:
     def _folds(self) -> list[Split]:
         records = self.table.records
         folds = class_folds(records, self.config.folds, val_fraction=self.config.resolved_val_fraction(), seed=self.config.seed)
-        if not folds:  # fewer than three classes: the user's classes can still be checked
+        if not folds:  # fewer than four classes: the user's classes can still be checked
             split = split_records(records, val_fraction=self.config.resolved_val_fraction(), unseen_class_fraction=0.0, seed=self.config.seed)
             folds = [split] if split.val_seen else []
         return [fold for fold in folds if len({r.label for r in fold.train}) >= 2]
@@ -282,7 +282,7 @@ class QuickProtocol:
 
     def _metrics(self, embeddings: torch.Tensor, records: Sequence[ImageRecord]) -> dict[str, float] | None:
         labels = self.table.labels[self.table.rows(records)]
-        if len(labels) < 2:
+        if len(labels) < 2 or len(labels.unique()) < 2:  # one class: every neighbour is right, nothing is measured
             return None
         metrics = retrieval_metrics(embeddings, labels, distance=self.metric_distance)
         if not metrics.get("n_queries"):
@@ -312,7 +312,7 @@ class QuickProtocol:
         )
         dial.recommended = recommend(points, dial.baseline_seen, dial.baseline_unseen)
         if not n_class_folds:
-            dial.note = "fewer than three classes: the effect on classes it never saw cannot be estimated"
+            dial.note = "fewer than four classes: the effect on classes it never saw cannot be estimated (it needs two held out and two to train on)"
         return dial
 
     @torch.no_grad()
@@ -385,7 +385,7 @@ class QuickProtocol:
         net.head.load_state_dict(self.snapshots[(number, step)])
         net.eval()
         train = self.table.rows(fold.train)
-        gate = fit_class_gate(net.head, self.table.features[train], self.table.labels[train])
+        gate = fit_class_gate(self.table.features[train], self.table.labels[train], seed=self.config.seed + number)
         net.set_blend(blend)
         out = {}
         for name in VALIDATION_SETS:
@@ -396,7 +396,7 @@ class QuickProtocol:
 
     @torch.no_grad()
     def _attach_gate(self, net, choice: GateChoice) -> None:
-        gate = fit_class_gate(net.head, self.table.features, self.table.labels)
+        gate = fit_class_gate(self.table.features, self.table.labels, seed=self.config.seed)
         gate.set_settings(weight=choice.weight, threshold=choice.threshold, softness=choice.softness)
         net.attach_class_gate(gate.to(self.table.features.device))
         self._phase(f"class gate kept: weight {choice.weight:g}, estimated MAP@R on your classes {choice.seen_without:.3f} → {choice.seen:.3f}, on new classes {choice.unseen_without:.3f} → {choice.unseen:.3f}")
