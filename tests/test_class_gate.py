@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from retrieval_app.errors import RetrievalAppError
 from retrieval_app.metrics import retrieval_metrics
 from retrieval_app.networks import create_model
 from retrieval_app.networks.class_gate import fit_class_gate, gated_embedding
@@ -148,3 +149,16 @@ def test_the_gate_is_held_to_the_bare_backbone_on_new_classes():
     assert choose_gate(folds, better_backbone, map_at_r) is None
     # and with the backbone at the ungated model's level the same gate is kept
     assert choose_gate(folds, [ungated_unseen(fold) for fold in folds], map_at_r) is not None
+
+
+def test_a_model_saved_with_another_kind_of_gate_is_refused_with_a_clear_message(tmp_path):
+    features, labels = clustered(3, 6, seed=4)
+    net = identity_net(features)
+    net.attach_class_gate(fit_class_gate(features, labels))
+    save_model(tmp_path / "model.pt", net, classes=list("abc"), train_config={}, metrics={}, epoch=1, head_only=True)
+    payload = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert payload["config"]["class_gate"] == {"n_classes": 3, "kind": "linear probe"}
+    del payload["config"]["class_gate"]["kind"]  # what the first version of the gate wrote
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.raises(RetrievalAppError, match="earlier version of the class gate"):
+        load_embedder(tmp_path / "old.pt")

@@ -39,6 +39,9 @@ PROBE_STEPS = 100  # full-batch Adam steps; accuracy on held-out images flat fro
 PROBE_LR = 0.01
 PROBE_WEIGHT_DECAY = 1e-4
 PROBE_BATCH = 4096  # larger folders: a random batch of this many images per step
+# What a checkpoint's config records; a gate of another kind (the first version took its
+# class part from a copy of the head) cannot be loaded into this one.
+GATE_KIND = "linear probe"
 
 
 class ClassGate(nn.Module):
@@ -74,6 +77,9 @@ class ClassGate(nn.Module):
         return gated_embedding(base, self.familiarity(features), self.class_probabilities(features),
                                weight=float(self.weight), threshold=float(self.threshold), softness=float(self.softness))
 
+    def config(self) -> dict:
+        return {"n_classes": self.n_classes, "kind": GATE_KIND}
+
     def settings(self) -> dict[str, float]:
         return {"weight": float(self.weight), "threshold": float(self.threshold), "softness": float(self.softness)}
 
@@ -102,7 +108,11 @@ def empty_class_gate(net, n_classes: int) -> ClassGate:
 def with_class_gate_from_config(net, config: dict):
     """`net` with an empty gate attached when its `config` says it had one."""
     gate = config.get("class_gate")
-    return net.attach_class_gate(empty_class_gate(net, gate["n_classes"])) if gate else net
+    if not gate:
+        return net
+    if gate.get("kind") != GATE_KIND:
+        raise ModelError("this model was saved with an earlier version of the class gate, which this version cannot load: train it again")
+    return net.attach_class_gate(empty_class_gate(net, gate["n_classes"]))
 
 
 def fit_class_gate(features: torch.Tensor, labels: torch.Tensor, *, seed: int = 0) -> ClassGate:
@@ -119,10 +129,9 @@ def fit_class_gate(features: torch.Tensor, labels: torch.Tensor, *, seed: int = 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gate = ClassGate(features.shape[1], len(classes)).to(features.device)
-    with torch.no_grad():
-        unit = F.normalize(features, dim=1)
-        one_hot = F.one_hot(targets, len(classes)).to(unit.dtype)  # (N, C)
-        gate.familiar_means.copy_(F.normalize(one_hot.t() @ unit, dim=1))
+    with torch.no_grad():  # class sums by index_add_: a one-hot (N, C) matrix would not fit 100k images × 1k classes
+        sums = torch.zeros_like(gate.familiar_means).index_add_(0, targets, F.normalize(features, dim=1))
+        gate.familiar_means.copy_(F.normalize(sums, dim=1))
     _train_probe(gate, features, targets, generator)
     gate.eval()
     return gate

@@ -133,7 +133,7 @@ class EmbeddingNet(nn.Module):
             "head": self.head_kind,
             "feature_dim": self.spec.feature_dim,
             "spec": self.spec.as_dict(),
-            **({"class_gate": {"n_classes": self.class_gate.n_classes}} if self.class_gate is not None else {}),
+            **({"class_gate": self.class_gate.config()} if self.class_gate is not None else {}),
         }
 
     @property
