@@ -45,3 +45,39 @@ def test_only_small_inputs_that_fit_are_held_in_memory():
     assert fits_in_memory(get_spec("small_cnn"), 60_000)
     assert not fits_in_memory(get_spec("small_cnn"), 10**7)
     assert not fits_in_memory(get_spec("efficientnet_lite0"), 100)
+
+
+def test_full_mode_crops_training_images_only_when_augmenting(tmp_path):
+    """From scratch the default trains on the plain images (a crop slowed a small CNN's
+    learning on Fashion-MNIST); `augment=True` crops them, and a pretrained backbone's
+    default does."""
+    import threading
+
+    from retrieval_app.data.split import split_records
+    from retrieval_app.training import TrainConfig
+    from retrieval_app.training.sources import FullSource
+
+    folder = write_class_folder(tmp_path / "data", n_classes=3, per_class=6, size=40)
+    records = scan_folder(folder).records
+    split = split_records(records, val_fraction=0.2, unseen_class_fraction=0.0, seed=0)
+    assert TrainConfig(folder="", out_dir="").resolved_augment() is True  # the pretrained default
+    for augment, crops in ((None, False), (True, True)):
+        config = TrainConfig(folder=str(folder), out_dir="", backbone="small_cnn", augment=augment, batch_size=6, samples_per_class=2)
+        assert config.resolved_augment() is crops
+        net = create_model("small_cnn", dim=8, head="linear", pretrained=False)
+        source = FullSource(config=config, net=net, split=split, device=torch.device("cpu"), cancel=threading.Event(), on_phase=lambda _: None)
+        images, _labels = next(iter(source.batches(0)))
+        row_of = {r.id: row for row, r in enumerate([*split.train, *split.val_seen, *split.val_unseen])}
+        plain = torch.stack([source.decoded.batch(torch.as_tensor([row_of[r.id]]), augment=False)[0] for r in split.train])
+        # every training image in the batch is one of the plain images exactly, or none is
+        matches = [(plain - image).abs().flatten(1).max(1).values.min() < 1e-6 for image in images]
+        assert all(matches) is not crops and any(matches) is not crops
+
+
+def test_the_cli_passes_the_augment_choice_through():
+    from retrieval_app.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "x"]).augment is None  # the per-backbone default
+    assert parser.parse_args(["train", "x", "--augment"]).augment is True
+    assert parser.parse_args(["train", "x", "--no-augment"]).augment is False

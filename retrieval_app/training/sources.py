@@ -1,4 +1,5 @@
-"""Where full-mode training batches come from (decoded, augmented images), and the one
+"""Where full-mode training batches come from (decoded, augmented images unless
+`TrainConfig.resolved_augment()` says otherwise), and the one
 cached pass of the backbone over a folder that both modes start from."""
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ class FullSource(_Source):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.train_set = ImageDataset(self.split.train, self.net.train_transform(), max_side=self.net.spec.decode_max_side)
+        transform = self.net.train_transform() if self.config.resolved_augment() else self.net.eval_transform()
+        self.train_set = ImageDataset(self.split.train, transform, max_side=self.net.spec.decode_max_side)
         self.reported_failures: set[str] = set()
         self.decoded = self._decode_small_images()
 
@@ -153,7 +155,7 @@ class FullSource(_Source):
             rows, labels = rows[good], self.train_labels[torch.as_tensor(indices)][good]
             if len(labels) < 2:  # several ranks: one rank out of batches ends the epoch for all (trainer)
                 continue
-            images = self.decoded.batch(rows, augment=True, generator=self.generator).to(self.device)
+            images = self.decoded.batch(rows, augment=self.config.resolved_augment(), generator=self.generator).to(self.device)
             yield images, labels.to(self.device)
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
