@@ -20,8 +20,8 @@ an image x with backbone features f is
   images) the distances its base embedding had.
 
 `weight`, `threshold` and `softness` are chosen on class folds (training/gate_selection.py):
-the best for held-out images of the fold's classes that does not make any fold's held-out
-classes worse than the bare backbone. The gate reads backbone features only, never the
+among the settings that make no fold's held-out classes worse than the bare backbone, the
+best over both of the folds' held-out sets. The gate reads backbone features only, never the
 head, so queries never touch the head's `blend` (the app answers several at once)."""
 
 from __future__ import annotations
