@@ -157,6 +157,21 @@ def test_class_folds_hold_out_groups_that_can_measure_new_classes(n_classes):
     assert sorted(set(held_out)) == list(range(n_classes)) and len(held_out) == len(set(r.id for fold in folds for r in fold.val_unseen))
 
 
+def test_recommend_takes_the_shortest_point_within_the_folds_resolution_of_the_best():
+    from retrieval_app.training.dial import SEEN_RESOLUTION
+
+    points = [
+        DialPoint(step=12800, blend=0.3, seen=0.870, unseen=0.848, unseen_worst_gain=0.001),
+        DialPoint(step=800, blend=0.5, seen=0.866, unseen=0.848, unseen_worst_gain=0.001),
+        DialPoint(step=800, blend=0.3, seen=0.864, unseen=0.849, unseen_worst_gain=0.002),
+        DialPoint(step=400, blend=0.3, seen=0.870 - 2 * SEEN_RESOLUTION, unseen=0.849, unseen_worst_gain=0.002),  # measurably worse
+        DialPoint(step=200, blend=1.0, seen=0.875, unseen=0.83, unseen_worst_gain=-0.01),  # best, but not safe
+    ]
+    assert recommend(points, baseline_seen=0.79, baseline_unseen=0.846) == points[2]
+    # nothing near the best but the best itself: the best
+    assert recommend([points[0], points[3]], baseline_seen=0.79, baseline_unseen=0.846) == points[0]
+
+
 def test_recommend_never_picks_a_point_that_loses_to_the_backbone_on_new_classes():
     points = [
         DialPoint(step=100, blend=1.0, seen=0.90, unseen=0.68, unseen_worst_gain=-0.02),  # beats a weak start, not the backbone
