@@ -170,6 +170,24 @@ def test_cancel_answers_with_the_outcome_within_a_second(env):
     assert ui_app.cancel_training(state) == "Nothing is training."
 
 
+def test_a_tick_leaves_the_status_to_the_cancels_answer():
+    """A tick's figures take longer to send than the cancel's few words: a "running"
+    line from a tick that ran after the cancel must not overwrite its answer."""
+    from retrieval_app.training import JobSnapshot
+
+    class Job:
+        cancel_requested = False
+
+        def snapshot(self):
+            return JobSnapshot(state="running", phase="training", epoch=2, step=20, fraction=0.2)
+
+    state = SessionState()
+    state.job = Job()
+    assert "**running**" in poll(state)["status"]
+    state.job.cancel_requested = True
+    assert poll(state)["status"] == SKIP
+
+
 # ------------------------------------------------------------------ the dial view
 def synthetic_dial() -> Dial:
     points = [DialPoint(100, b, 0.66 + 0.09 * b, 0.72 - (0.04 * b if b > 0.5 else 0.0), unseen_worst_gain=0.0 if b <= 0.5 else -0.01) for b in (0.0, 0.25, 0.5, 0.75, 1.0)]

@@ -101,6 +101,10 @@ class TrainingJob:
     def cancel(self) -> None:
         self._cancel.set()
 
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
     def wait(self, timeout: float | None = None) -> JobSnapshot:
         if self._thread is not None:
             self._thread.join(timeout)

@@ -394,7 +394,12 @@ def poll_training(state: SessionState | None):
         latest = state.job.snapshot()
         if latest.finished:
             return poll_training(state)
-        return (state, _status_text(latest), curves, validation, gr.skip(), gr.Timer(active=True), gr.skip(), *dial_skip, *panel)
+        # Once a cancel is asked, its answer owns the status until the run has ended: a
+        # "running" line sent now could land after that answer (these figures take longer
+        # to send than its few words). A tick that checked just before the cancel still
+        # may, and re-arms the timer: the next tick settles the status on the outcome.
+        status = gr.skip() if state.job.cancel_requested else _status_text(latest)
+        return (state, status, curves, validation, gr.skip(), gr.Timer(active=True), gr.skip(), *dial_skip, *panel)
     status, curves, validation = _status_text(snap), _curves(snap), _validation(snap)
     table, adopt = (_before_after(snap.result) if snap.result is not None else []), gr.skip()
     first = not state.job_consumed
