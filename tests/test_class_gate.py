@@ -55,13 +55,22 @@ def test_a_closed_gate_keeps_the_base_distances_and_an_open_one_adds_the_class_p
     assert torch.allclose(opened[:, FEATURE_DIM:], 2.0 * probabilities, atol=1e-6)
 
 
+def test_an_image_the_probe_is_unsure_of_adds_a_shorter_class_part():
+    features, labels = clustered(3, 20, seed=5)
+    gate = fit_class_gate(features, labels)
+    means = torch.stack([features[labels == c].mean(0) for c in range(3)])
+    sure = gate.class_probabilities(means[:1]).norm()
+    between = gate.class_probabilities((means[:1] + means[1:2]) / 2).norm()
+    assert sure > 0.95 and between < sure - 0.15
+
+
 def test_the_probe_recognises_new_images_of_the_trained_classes():
     features, labels = clustered(5, 40, seed=3, spread=2.0)
     train = torch.arange(len(labels)) % 2 == 0
     gate = fit_class_gate(features[train], labels[train], seed=1)
     assert not any(p.requires_grad for p in gate.parameters())  # fitted, then frozen
     held_out = gate.class_probabilities(features[~train])
-    assert torch.allclose(held_out.norm(dim=1), torch.ones(int((~train).sum())), atol=1e-5)
+    assert torch.allclose(held_out.sum(dim=1), torch.ones(int((~train).sum())), atol=1e-5)
     accuracy = (held_out.argmax(1) == labels[~train]).float().mean()
     assert accuracy > 0.9
     # the same seed, the same probe: a refit is reproducible
@@ -157,8 +166,8 @@ def test_a_model_saved_with_another_kind_of_gate_is_refused_with_a_clear_message
     net.attach_class_gate(fit_class_gate(features, labels))
     save_model(tmp_path / "model.pt", net, classes=list("abc"), train_config={}, metrics={}, epoch=1, head_only=True)
     payload = torch.load(tmp_path / "model.pt", weights_only=False)
-    assert payload["config"]["class_gate"] == {"n_classes": 3, "kind": "linear probe"}
-    del payload["config"]["class_gate"]["kind"]  # what the first version of the gate wrote
+    assert payload["config"]["class_gate"] == {"n_classes": 3, "kind": "linear probe, sharpened softmax"}
+    payload["config"]["class_gate"]["kind"] = "linear probe"  # what the second version wrote (the first: no kind)
     torch.save(payload, tmp_path / "old.pt")
     with pytest.raises(RetrievalAppError, match="earlier version of the class gate"):
         load_embedder(tmp_path / "old.pt")

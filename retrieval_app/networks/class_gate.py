@@ -9,8 +9,12 @@ an image x with backbone features f is
 
 - base: the head at its kept blend (the identity head at blend 0 is the bare backbone);
 - p(x): which of the user's classes x looks like - the softmax of a linear classifier
-  (a "linear probe", cross-entropy on the backbone's L2-normalised features) as a unit
-  vector. Two images the probe puts in the same class get a large inner product. A probe
+  (a "linear probe", cross-entropy on the backbone's L2-normalised features), sharpened
+  (temperature ½) and used as it is: near a unit vector where the probe is sure, shorter
+  where it hesitates between classes. Two images the probe puts in the same class get a
+  large inner product; an unsure image adds less. (As a unit vector, every unsure image
+  got the same length of class part: caltech101_dev and Fashion-MNIST, same folds and
+  settings, closed splits 0.0006 and 0.0055 MAP@R lower, open splits within 0.0003.) A probe
   on frozen pretrained features classifies new images of the trained classes better than
   class means in a triplet-trained head's space (caltech101_dev, half the images of
   each class: 95 % correct, 0.56 s to fit on one thread; see the README);
@@ -35,13 +39,15 @@ from ..errors import ModelError
 # The probe sees unit features times this: unit vectors alone make logits too small for
 # a few hundred steps of Adam to separate a hundred classes.
 PROBE_INPUT_SCALE = 10.0
-PROBE_STEPS = 100  # full-batch Adam steps; accuracy on held-out images flat from 100 to 600
+PROBE_STEPS = 100  # Adam steps (full-batch up to PROBE_BATCH images); accuracy on held-out images flat from 100 to 600
 PROBE_LR = 0.01
 PROBE_WEIGHT_DECAY = 1e-4
 PROBE_BATCH = 4096  # larger folders: a random batch of this many images per step
+PROBE_TEMPERATURE = 0.5  # the class part's softmax: sharper than the probe was trained with
 # What a checkpoint's config records; a gate of another kind (the first version took its
-# class part from a copy of the head) cannot be loaded into this one.
-GATE_KIND = "linear probe"
+# class part from a copy of the head, the second used the probe's softmax as a unit
+# vector, with settings chosen for that) cannot be loaded into this one.
+GATE_KIND = "linear probe, sharpened softmax"
 
 
 class ClassGate(nn.Module):
@@ -70,8 +76,8 @@ class ClassGate(nn.Module):
         return self.probe(F.normalize(features, dim=1) * PROBE_INPUT_SCALE)
 
     def class_probabilities(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, n_classes) unit vectors: the probe's softmax."""
-        return F.normalize(torch.softmax(self.class_logits(features), dim=1), dim=1)
+        """(N, n_classes): the probe's sharpened softmax (rows sum to 1; length ≤ 1)."""
+        return torch.softmax(self.class_logits(features) / PROBE_TEMPERATURE, dim=1)
 
     def forward(self, features: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         return gated_embedding(base, self.familiarity(features), self.class_probabilities(features),
@@ -124,7 +130,7 @@ def fit_class_gate(features: torch.Tensor, labels: torch.Tensor, *, seed: int = 
     if len(classes) < 2:
         raise ModelError("a class gate needs images of at least 2 classes")
     features = features.float()
-    targets = torch.searchsorted(classes.to(labels.device), labels)
+    targets = torch.searchsorted(classes, labels)
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
