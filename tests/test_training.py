@@ -251,6 +251,26 @@ def test_resume_continues_from_last_epoch(shapes_folder, tmp_path):
     assert [row["epoch"] for row in result.history] == [0, 1, 2, 3, 4]
 
 
+def test_full_mode_decays_the_learning_rate_over_a_run_with_a_known_end(shapes_folder, tmp_path):
+    from retrieval_app.training.schedule import FLOOR, cosine_factor
+
+    assert cosine_factor(0.0) == 1.0 and cosine_factor(1.0) == pytest.approx(FLOOR) and cosine_factor(2.0) == pytest.approx(FLOOR)
+    assert cosine_factor(0.25) > cosine_factor(0.5) > cosine_factor(0.75)
+    settings = dict(backbone="small_cnn", mode="full", dim=8, batch_size=12, patience=None, epochs=2, lr=2e-3)
+    rates = {}
+    for decay in (True, False):
+        Trainer(quick_config(shapes_folder, tmp_path / str(decay), lr_decay=decay, **settings)).run()
+        groups = torch.load(tmp_path / str(decay) / "last.pt", weights_only=False)["optimizer"]["param_groups"]
+        rates[decay] = [(group["lr"], group["initial_lr"]) for group in groups]
+    # after the last step of the last epoch: the floor of each group's own rate
+    assert all(lr == pytest.approx(FLOOR * base) and base == pytest.approx(2e-3) for lr, base in rates[True])
+    assert all(lr == base == pytest.approx(2e-3) for lr, base in rates[False])
+    from retrieval_app.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "x"]).lr_decay is True and parser.parse_args(["train", "x", "--no-lr-decay"]).lr_decay is False
+
+
 def test_time_budget_covers_the_folds_and_the_refit(shapes_folder, tmp_path, shared_cache):
     Trainer(quick_config(shapes_folder, tmp_path / "warm", epochs=1)).run()  # features cached
     events = []

@@ -72,6 +72,8 @@ def test_the_slider_replays_the_sessions_frames():
 
 def test_the_training_tick_carries_the_live_map():
     class Job:
+        cancel_requested = False
+
         def snapshot(self):
             return snapshot([frame(0, "start")])
 

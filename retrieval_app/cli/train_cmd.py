@@ -44,6 +44,7 @@ def register(subparsers) -> None:
     parser.add_argument("--folds", type=int, default=3, help="quick mode: class folds that estimate new-class retrieval and choose length and blend (default 3)")
     parser.add_argument("--no-class-gate", dest="class_gate", action="store_false", help="quick mode: never append the class gate's part (a class-probability vector for images that look like your classes; kept only when the class folds show it helps)")
     parser.add_argument("--blend", type=_blend, default=None, metavar="auto|W", help="quick mode: where on the specialise-generalise dial to keep the model: auto (the recommended point, default) or W in [0, 1] (0 = the backbone, 1 = the fully trained head)")
+    parser.add_argument("--lr-decay", action=argparse.BooleanOptionalAction, default=True, help="full mode: the learning rate decays (half cosine) over a run with a time budget or a number of epochs (default: on)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="full mode: random crops of the training images (default: on for a pretrained backbone, off from scratch)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--samples-per-class", type=int, default=4, help="K in the P×K batch sampler")
@@ -79,7 +80,7 @@ def _train(args: argparse.Namespace, distributed) -> int:
         weights=args.weights, distance=args.distance, margin=args.margin, mining=args.mining,
         reduction=args.reduction, epochs=args.epochs, time_budget=args.time_budget, patience=args.patience,
         batch_size=args.batch_size, samples_per_class=args.samples_per_class, lr=args.lr, seed=args.seed,
-        device=distributed.device_preference(args.device), num_workers=args.workers, resume=args.resume, folds=args.folds, blend=args.blend, class_gate=args.class_gate, augment=args.augment,
+        device=distributed.device_preference(args.device), num_workers=args.workers, resume=args.resume, folds=args.folds, blend=args.blend, class_gate=args.class_gate, augment=args.augment, lr_decay=args.lr_decay,
         preset=args.preset,
         layout="unlabelled" if args.unlabelled else None, labels=args.labels, views=args.views,
     ).validate()  # bad values fail before the folder is scanned

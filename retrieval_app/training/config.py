@@ -50,6 +50,9 @@ class TrainConfig:
     samples_per_class: int = 4  # K of the P×K sampler
     lr: float | None = None  # None: a per-mode default
     weight_decay: float = 0.0
+    # full mode: the learning rate decays (half cosine, schedule.py) over a run with a known
+    # end (a time budget or a number of epochs); False keeps it constant
+    lr_decay: bool = True
     patience: int | None = 8  # epochs without a better validation score before stopping
     val_fraction: float | None = None  # held-out images per class; None: 0.2 (0.1 from scratch)
     unseen_class_fraction: float | None = None  # full mode's held-out classes; None: 0.2 (0 from scratch)

@@ -53,6 +53,7 @@ from .events import EventCallback, TrainEvent, ignore_event
 from .head_loop import CANCELLED, GO_ON, PROGRESS_INTERVAL_S, STOP, TrainingStopped
 from .mining_monitor import MiningMonitor
 from .progress import PassProgress, ProgressClock
+from .schedule import follow as follow_schedule, remember_base_rates
 from .quick import FeatureTable, QuickProtocol, head_net_factory
 from .sources import FullSource, extract_features
 from .unlabelled import MIN_IMAGES as MIN_VIEW_IMAGES, ViewProtocol, describe_sets, view_table
@@ -225,6 +226,7 @@ class Trainer:
         optimizer = self._make_optimizer(net)
         if resumed is not None:
             optimizer.load_state_dict(resumed["optimizer"])
+            remember_base_rates(optimizer)  # a state saved before the schedule has none
         if not self.dist.is_main:
             self.backbone_before = {}
         elif resumed is None:
@@ -321,7 +323,9 @@ class Trainer:
             groups.append({"params": head_params, "lr": lr})
         if not groups:
             raise RetrievalAppError("nothing to train: the model has no trainable parameters")
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+        remember_base_rates(optimizer)
+        return optimizer
 
     def _try_resume(self, net) -> dict[str, Any] | None:
         path = self.out_dir / ckpt.LAST_FILE
@@ -374,6 +378,8 @@ class Trainer:
             scaler.step(optimizer)
             scaler.update()
             clock.tick(len(labels))
+            if cfg.lr_decay:
+                follow_schedule(optimizer, clock.fraction())
             losses.append(float(loss.detach()))
             actives.append(float(active))
             data: dict[str, Any] = {"inactive_steps": monitor.inactive_steps, "stage": f"epoch {epoch}"}
