@@ -11,10 +11,10 @@ has the highest sum of the two fold means (seen + unseen). Ranking by `seen` alo
 on a 5-class folder where every candidate scored ≈ 0.999 on `seen`, whichever was a hair
 higher there, and one such choice cost the real new classes 0.003. (A stricter rule, "no
 worse than the ungated model in every fold", refused every gate on caltech101_dev's closed
-split, 0.715 vs 0.823 MAP@R there; see the README's fine-tuning section.) Thresholds are quantiles of the
-familiarity of held-out images of trained classes (familiarity scales differ a lot between
-folders: 0.5-0.7 on photos, 0.75-0.9 on Fashion-MNIST), and the softness an eighth of its
-10-90 % range."""
+split, 0.715 vs 0.823 MAP@R there; see the README's fine-tuning section.) Thresholds are
+quantiles of the familiarity of held-out images of trained classes (familiarity scales
+differ a lot between folders: 0.5-0.7 on photos, 0.75-0.9 on Fashion-MNIST), and the
+softness an eighth of its 10-90 % range."""
 
 from __future__ import annotations
 
