@@ -129,3 +129,27 @@ def test_distances_stay_float32_under_autocast():
         cosine = get_distance("cosine").pairwise(x)
     assert inside.dtype == torch.float32 and cosine.dtype == torch.float32
     assert torch.allclose(inside, torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist"), atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_hand_differentiated_euclidean_matrix_equals_the_composite_form(dtype):
+    from retrieval_app.losses.distances import squared_euclidean_matrix
+
+    base = randn(15, 10, 6, dtype=dtype)
+    rows = torch.cat([base, base[:2], torch.zeros(1, 6, dtype=dtype)])  # coinciding rows and a zero row
+    weights = randn(16, 13, 13, dtype=dtype)
+    fused, composite = rows.clone().requires_grad_(True), rows.clone().requires_grad_(True)
+    matrix = get_distance("euclidean").pairwise(fused)
+    assert type(matrix.grad_fn).__name__.startswith("_EuclideanSelfMatrix")  # one node, not a chain
+    expected = safe_sqrt(squared_euclidean_matrix(composite))
+    (matrix * weights).sum().backward()
+    (expected * weights).sum().backward()
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(matrix, expected, atol=tolerance) and bool((matrix.diagonal() == 0).all())
+    assert matrix[0, 10] == 0 and matrix[1, 11] == 0  # the duplicates: exactly zero, as safe_sqrt gives
+    assert torch.allclose(fused.grad, composite.grad, atol=100 * tolerance)
+
+
+def test_the_euclidean_matrix_node_passes_gradcheck():
+    x = randn(17, 7, 3).requires_grad_(True)  # distinct rows: differentiable everywhere off the diagonal
+    assert torch.autograd.gradcheck(lambda rows: get_distance("euclidean").pairwise(rows), (x,))

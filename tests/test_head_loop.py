@@ -11,9 +11,11 @@ from retrieval_app.losses import TripletLoss, get_distance
 from retrieval_app.losses.geometry import cross_class_drift
 from retrieval_app.losses.miners import TripletGrid, valid_triplets
 from retrieval_app.networks import create_model
+from retrieval_app.networks.embedding_net import TrainingView
 from retrieval_app.networks.heads import init_from_features, make_head, set_blend
 from retrieval_app.training.config import TrainConfig
-from retrieval_app.training.head_loop import HeadLoop
+from retrieval_app.training.head_loop import CHUNK, HeadLoop
+from retrieval_app.training.prefetch import Prefetcher
 
 FEATURE_DIM = 1280  # EfficientNet-Lite0's pooled features, what quick mode caches
 
@@ -108,6 +110,28 @@ def test_the_within_batch_view_keeps_the_batchs_norms_and_distances_in_fewer_col
     assert torch.allclose(torch.cdist(compact, compact), torch.cdist(direct, direct), atol=2e-3)
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("blend", [1.0, 0.4])
+def test_the_views_embedding_node_equals_the_composite_form(blend, normalize):
+    features, _ = feature_table()
+    head = trained_identity_head(features, blend)
+    rows = head.isometric_inputs(features[:24])
+    weights = torch.randn(24, rows.shape[1], generator=torch.Generator().manual_seed(5))
+    fused = head.isometric_embed(rows, normalize)
+    assert type(fused.grad_fn).__name__.startswith("_IsometricEmbedding")  # one node while training
+    (fused * weights).sum().backward()
+    grads = head.delta.grad.clone(), head.shift.grad.clone()
+    head.zero_grad()
+    out = head.isometric_forward(rows)
+    composite = torch.nn.functional.normalize(out, dim=1) if normalize else out
+    (composite * weights).sum().backward()
+    assert torch.allclose(fused, composite, atol=1e-5)
+    assert torch.allclose(grads[0], head.delta.grad, rtol=1e-4, atol=1e-4) and torch.allclose(grads[1], head.shift.grad, rtol=1e-4, atol=1e-4)
+    assert grads[0].abs().sum() > 0
+    with torch.no_grad():  # evaluation: the plain form
+        assert head.isometric_embed(rows, normalize).grad_fn is None
+
+
 def test_a_batch_with_a_repeated_image_keeps_the_whole_residual():
     features, _ = feature_table()
     batch = torch.cat([features[:8], features[:1]])  # the same image twice: no Cholesky factor
@@ -120,41 +144,45 @@ def test_a_batch_with_a_repeated_image_keeps_the_whole_residual():
 def test_mining_across_ranks_trains_on_the_view_that_holds_across_batches():
     features, _ = feature_table(classes=20)
     net = identity_net(features)
-    rows, within = net.training_view(features, max_bytes=1 << 30, within_batch=True)
-    _, across = net.training_view(features, max_bytes=1 << 30, within_batch=False)
+    within = net.training_view(features, max_bytes=1 << 30, within_batch=True)
+    across = net.training_view(features, max_bytes=1 << 30, within_batch=False)
+    assert across.prepare is None and within.prepare is not None
+    rows = within.inputs
     a, b = rows[:16], rows[16:32]
     # two batches' rows compared with each other: only the full view gives the true distances
     direct = torch.cdist(net.embed_features(features[:16]), net.embed_features(features[16:32]))
-    assert torch.allclose(torch.cdist(across(a), across(b)), direct, atol=1e-4)
-    assert not torch.allclose(torch.cdist(within(a)[:, :144], within(b)[:, :144]), direct, atol=1e-2)
+    assert torch.allclose(torch.cdist(across.embed(a), across.embed(b)), direct, atol=1e-4)
+    prepared_a, prepared_b = within.prepare(torch.stack([a, b]))
+    own = net.embed_features(features[:16])  # within one batch the prepared view is exact
+    assert torch.allclose(torch.cdist(within.embed(prepared_a), within.embed(prepared_a)), torch.cdist(own, own), atol=1e-4)
+    assert not torch.allclose(torch.cdist(within.embed(prepared_a), within.embed(prepared_b)), direct, atol=1e-2)
     # what the loop picks: within a batch unless it mines on batches gathered from ranks
     config = TrainConfig(folder="unused", out_dir="unused", batch_size=16, samples_per_class=4, seed=0)
     loop = HeadLoop(net, features, torch.arange(len(features)) // 12, config, lr=1e-2, seed=0)
-    assert not loop.gather and loop.model(rows[:16]).shape == (16, 128 + 16)
+    assert not loop.gather and loop.model(loop._prepare(rows[:16].unsqueeze(0))[0]).shape == (16, 128 + 16)
 
 
 def test_the_view_is_used_only_where_it_is_exact_and_affordable():
     features, _ = feature_table()
     net = identity_net(features)
-    inputs, _ = net.training_view(features, max_bytes=1 << 30)
-    assert inputs.shape == (len(features), 128 + FEATURE_DIM)
-    assert net.training_view(features, max_bytes=1000)[0] is features  # too large: the features themselves
+    assert net.training_view(features, max_bytes=1 << 30).inputs.shape == (len(features), 128 + FEATURE_DIM)
+    assert net.training_view(features, max_bytes=1000).inputs is features  # too large: the features themselves
     unset = create_model("efficientnet_lite0", head="identity", pretrained=False)  # no basis yet: not an isometry
-    assert unset.training_view(features, max_bytes=1 << 30)[0] is features
+    assert unset.training_view(features, max_bytes=1 << 30).inputs is features
     linear = create_model("efficientnet_lite0", head="linear", dim=16, pretrained=False)
-    assert linear.training_view(features, max_bytes=1 << 30)[0] is features
+    assert linear.training_view(features, max_bytes=1 << 30).inputs is features
     assert get_distance("euclidean").rotation_invariant and not get_distance("linf").rotation_invariant
 
 
 def trained_delta(features, labels, distance: str, use_view: bool, monkeypatch) -> torch.Tensor:
     net = identity_net(features)
     if not use_view:
-        monkeypatch.setattr(net, "training_view", lambda f, max_bytes, within_batch=False: (f, net.embed_features))
+        monkeypatch.setattr(net, "training_view", lambda f, max_bytes, within_batch=False: TrainingView(f, None, net.embed_features))
     config = TrainConfig(folder="unused", out_dir="unused", batch_size=16, samples_per_class=4, distance=distance, seed=0)
     loop = HeadLoop(net, features, labels, config, lr=1e-2, seed=5)
     assert (loop.features.shape[1] == 128 + FEATURE_DIM) == use_view
     if use_view:  # the batch's residuals in one column per row
-        assert loop.model(loop.features[:16]).shape == (16, 128 + 16)
+        assert loop.model(loop._prepare(loop.features[:16].unsqueeze(0))[0]).shape == (16, 128 + 16)
     loop.run(steps=12)
     return net.head.delta.detach().clone()
 
@@ -175,17 +203,55 @@ def test_a_distance_an_isometry_does_not_keep_trains_on_the_features():
     assert loop.features.shape == features.shape
 
 
-# ---------------------------------------------------------------- the batch buffer
-def test_batches_are_gathered_into_one_reused_buffer():
+# ---------------------------------------------------------------- batches made ahead
+def test_batches_are_made_in_chunks_of_gathered_rows():
     features, labels = feature_table()
     net = create_model("efficientnet_lite0", head="linear", dim=16, pretrained=False)
     config = TrainConfig(folder="unused", out_dir="unused", batch_size=16, samples_per_class=4, seed=0)
     loop = HeadLoop(net, features, labels, config, lr=1e-3, seed=0)
-    index = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
-    first = loop._gather(index)
-    assert torch.equal(first, features[index])
-    again = loop._gather(index.flip(0))
-    assert again.data_ptr() == first.data_ptr() and torch.equal(again, features[index.flip(0)])
+    chunk = loop._next_batches()
+    assert len(chunk) == CHUNK
+    for index, batch_labels, rows in chunk:
+        assert torch.equal(rows, features[index]) and torch.equal(batch_labels, labels[index])
+        assert len(set(batch_labels.tolist())) == 4  # P×K: 4 classes × 4 images
+
+
+def test_the_prefetcher_hands_out_every_item_in_order_across_pauses():
+    counter = iter(range(10_000))
+    prefetcher = Prefetcher(lambda: [next(counter) for _ in range(3)], depth=5, enabled=True)
+    seen = []
+    for _ in range(4):  # start, take some, pause: what it made ahead is kept, nothing skipped
+        prefetcher.start()
+        assert prefetcher.running
+        seen += [next(prefetcher) for _ in range(7)]
+        prefetcher.pause()
+        assert not prefetcher.running
+    seen += [next(prefetcher) for _ in range(5)]  # paused: made when asked, after the kept ones
+    assert seen == list(range(33))
+
+
+def test_a_failure_while_prefetching_reaches_the_caller():
+    def produce():
+        raise RuntimeError("bad rows")
+
+    prefetcher = Prefetcher(produce, enabled=True).start()
+    with pytest.raises(RuntimeError, match="bad rows"):
+        next(prefetcher)
+    prefetcher.pause()
+
+
+def test_training_with_batches_made_ahead_gives_the_same_head_as_without():
+    features, labels = feature_table()
+    heads = []
+    for ahead in (False, True):
+        net = identity_net(features)
+        config = TrainConfig(folder="unused", out_dir="unused", batch_size=16, samples_per_class=4, seed=0)
+        loop = HeadLoop(net, features, labels, config, lr=1e-2, seed=3)
+        loop.batches.enabled = ahead
+        for _ in range(3):  # runs that stop and start again (quick mode evaluates between them)
+            loop.run(steps=CHUNK + 5)
+        heads.append(net.head.delta.detach().clone())
+    assert heads[0].abs().sum() > 0 and torch.equal(heads[0], heads[1])
 
 
 # ---------------------------------------------------------------- keeping the geometry
@@ -216,3 +282,48 @@ def cross_class_change(keep: float) -> float:
 def test_keep_geometry_holds_distances_between_classes_nearer_the_backbones():
     free, kept = cross_class_change(0.0), cross_class_change(10.0)
     assert free > 0 and kept < 0.5 * free
+
+
+# ---------------------------------------------------------------- the optimizer
+def test_the_lean_optimizer_steps_exactly_as_torchs_fused_adamw(monkeypatch):
+    from retrieval_app.training.lean_adamw import LeanAdamW
+
+    def general_step(self, closure=None):
+        raise AssertionError("the general step was taken")
+
+    monkeypatch.setattr(LeanAdamW, "step", general_step)  # the kernel is called directly
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(6, 5, generator=generator), torch.randn(5, generator=generator)]
+    reference = [torch.nn.Parameter(t.clone()) for t in start]
+    lean = [torch.nn.Parameter(t.clone()) for t in start]
+    torch_opt = torch.optim.AdamW(reference, lr=1e-2, weight_decay=0.1, fused=True)
+    lean_opt = LeanAdamW(lean, lr=1e-2, weight_decay=0.1)
+    for step in range(12):
+        grads = [torch.randn(t.shape, generator=generator) for t in start]
+        for a, b, g in zip(reference, lean, grads):
+            a.grad, b.grad = g.clone(), g.clone()
+        if step == 6:  # a schedule changes the rate between steps
+            for opt in (torch_opt, lean_opt):
+                opt.param_groups[0]["lr"] = 3e-3
+        torch_opt.step()
+        lean_opt.fast_step()
+    assert all(torch.equal(a, b) for a, b in zip(reference, lean))
+    assert not all(torch.equal(a, t) for a, t in zip(lean, start))
+    restored = torch.optim.AdamW([torch.nn.Parameter(t.clone()) for t in start], lr=1e-2, weight_decay=0.1, fused=True)
+    monkeypatch.undo()
+    restored.load_state_dict(lean_opt.state_dict())  # checkpoints load into the plain optimizer
+    assert torch.equal(restored.state_dict()["state"][0]["exp_avg"], torch_opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_the_lean_optimizer_takes_the_general_step_where_the_kernel_alone_would_differ():
+    from retrieval_app.training.lean_adamw import LeanAdamW
+
+    param = torch.nn.Parameter(torch.ones(3))
+    reference = torch.nn.Parameter(torch.ones(3))
+    lean_opt = LeanAdamW([param], lr=1e-1, amsgrad=True)
+    torch_opt = torch.optim.AdamW([reference], lr=1e-1, amsgrad=True, fused=True)
+    for grad in (torch.tensor([1.0, -2.0, 3.0]), torch.tensor([0.1, 0.1, 0.1])):
+        param.grad, reference.grad = grad.clone(), grad.clone()
+        lean_opt.fast_step()
+        torch_opt.step()
+    assert torch.equal(param, reference) and "max_exp_avg_sq" in lean_opt.state[param]

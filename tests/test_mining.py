@@ -294,3 +294,31 @@ def test_names_and_errors():
     with pytest.raises(ValueError, match="labels"):
         batch_all_triplet_loss(torch.randn(4, 3), torch.tensor([0, 1, 0]))
     assert "batch_hard" in repr(OnlineTripletLoss("batch_hard", distance="cosine"))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("margin", [0.2, 0.0])
+def test_the_grid_loss_node_equals_the_composite_form(reduction, margin):
+    from retrieval_app.losses.grid_loss import grid_margin_loss
+    from retrieval_app.losses.miners import valid_triplets
+    from retrieval_app.losses.reducers import reduce_triplet_losses
+    from retrieval_app.losses.triplet import margin_violation
+
+    labels = torch.arange(4).repeat_interleave(3)
+    base = torch.randn(12, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    if margin == 0.0:  # classes far apart: no triplet is active, loss and gradient exactly zero
+        base = base * 0.01 + labels.unsqueeze(1).double() * 10
+    flat, grid = valid_triplets(labels)
+    matrix = torch.cdist(base, base).requires_grad_(True)
+    loss, per_triplet, n_active = grid_margin_loss(matrix, grid, margin, reduction)
+    assert type(loss.grad_fn).__name__.startswith("_GridMarginLoss")
+    loss.backward()
+    fused_grad, matrix.grad = matrix.grad.clone(), None
+    composite = margin_violation(matrix[flat.anchors, flat.positives], matrix[flat.anchors, flat.negatives], margin)
+    expected, active, count = reduce_triplet_losses(composite, reduction, matrix)
+    expected.backward()
+    assert torch.equal(per_triplet, composite.detach()) and n_active == round(active * count)
+    assert torch.allclose(loss, expected, atol=1e-12) and torch.allclose(fused_grad, matrix.grad, atol=1e-12)
+    assert (n_active == 0) == (margin == 0.0)
+    if n_active == 0:
+        assert loss.item() == 0.0 and not fused_grad.any()

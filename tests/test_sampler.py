@@ -181,3 +181,21 @@ def test_every_rank_gets_a_batch_even_when_the_epoch_is_short():
     assert [len(list(s)) for s in samplers] == [1, 1, 1, 1]
     with pytest.raises(ValueError, match="rank"):
         PKSampler(LABELS, 2, 2, rank=2, world_size=2)
+
+
+def test_a_shuffled_cycle_hands_out_items_as_one_pop_at_a_time_would():
+    from retrieval_app.data.sampler import _ShuffledCycle
+
+    class PopByPop(_ShuffledCycle):  # the cycle's rule written plainly: one item per pop
+        def take(self, n):
+            taken = []
+            while len(taken) < n:
+                if not self.queue:
+                    self.queue = self._fresh_queue(Counter(taken))
+                taken.append(self.queue.pop())
+            return taken
+
+    items = np.arange(7)
+    fast, plain = _ShuffledCycle(items, np.random.default_rng(3)), PopByPop(items, np.random.default_rng(3))
+    sizes = [3, 4, 0, 2, 9, 1, 5, 7, 16, 2]  # within a queue, across its end, beyond all items
+    assert [fast.take(n) for n in sizes] == [plain.take(n) for n in sizes]

@@ -32,6 +32,10 @@ class _ShuffledCycle:
         self.queue: list[int] = []  # next item at the end
 
     def take(self, n: int) -> list[int]:
+        if len(self.queue) >= n:  # the usual case, without the loop below (the same items in the same order)
+            taken = self.queue[-n:][::-1] if n else []
+            del self.queue[len(self.queue) - n:]
+            return taken
         taken: list[int] = []
         while len(taken) < n:
             if not self.queue:

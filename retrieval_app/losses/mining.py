@@ -37,6 +37,7 @@ from .miners import (
     positive_pair_mask,
     valid_triplet_mask,
 )
+from .grid_loss import grid_margin_loss
 from .reducers import LossOutput, get_reducer, reduce_triplet_losses
 from .statistics import TripletStatistics, sums_of_gaps, triplet_gaps
 from .triplet import check_reduction, margin_violation
@@ -55,12 +56,14 @@ Miner = Callable[..., MinedTriplets]  # (distances, labels, margin[, ref_labels]
 
 def _loss_from_matrix(matrix: torch.Tensor, triplets: MinedTriplets, margin: float, reduction: str, embeddings: torch.Tensor,
                       labels: torch.Tensor, ref_labels: torch.Tensor | None, grid: TripletGrid | None = None) -> LossOutput:
-    if grid is not None:  # the same triplets in the same order, from two small gathers
-        per_triplet = margin_violation(*grid.pair_distances(matrix), margin).reshape(-1)
+    if grid is not None and grid.positives.numel() and grid.negatives.numel():
+        # the same triplets in the same order, as one hand-differentiated node (grid_loss.py)
+        loss, per_triplet, n_active = grid_margin_loss(matrix, grid, margin, reduction)
+        active, count = n_active / per_triplet.numel(), per_triplet.numel()
     else:
         anchors, positives, negatives = triplets
         per_triplet = margin_violation(matrix[anchors, positives], matrix[anchors, negatives], margin)
-    loss, active, count = reduce_triplet_losses(per_triplet, reduction, embeddings)
+        loss, active, count = reduce_triplet_losses(per_triplet, reduction, embeddings)
     return LossOutput(loss, active, count, per_triplet, triplets, matrix.detach(), labels, ref_labels)
 
 

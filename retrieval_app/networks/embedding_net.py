@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,16 @@ class ModelSpec:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (lists, not tuples, so a JSON round trip compares equal)."""
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+
+class TrainingView(NamedTuple):
+    """What `EmbeddingNet.training_view` gives: a batch of `inputs` rows is embedded as
+    `embed(rows)`, after `prepare` when there is one; `prepare` takes a stack of batches
+    (C, B, columns) and gives the C prepared batches."""
+
+    inputs: torch.Tensor
+    prepare: Callable[[torch.Tensor], list[torch.Tensor]] | None
+    embed: Callable[[torch.Tensor], torch.Tensor]
 
 
 class EmbeddingNet(nn.Module):
@@ -81,28 +91,28 @@ class EmbeddingNet(nn.Module):
             out = self.class_gate(features, out)
         return F.normalize(out, dim=1) if self.normalize else out
 
-    def training_view(self, features: torch.Tensor, max_bytes: int, *, within_batch: bool = False) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """(inputs, embed) for training the head on cached `features`: `embed` of a batch
-        of `inputs` rows is an isometric image of `embed_features` of the same feature
-        rows (same norms, inner products, Euclidean distances), computed in fewer
-        operations; a head without such a view (or whose view would need more than
-        `max_bytes` of inputs) gives (features, embed_features). Only losses on
-        rotation-invariant distances may train on it. `within_batch`: the image need
-        only be isometric among one batch's rows (the loss never compares rows of two
-        batches), which is cheaper still."""
+    def training_view(self, features: torch.Tensor, max_bytes: int, *, within_batch: bool = False) -> "TrainingView":
+        """How to train the head on cached `features` in fewer operations: `embed` of
+        `prepare` of a batch of `inputs` rows is an isometric image of `embed_features` of
+        the same feature rows (same norms, inner products, Euclidean distances). A head
+        without such a view (or whose view would need more than `max_bytes` of inputs)
+        gives (features, no preparation, embed_features). Only losses on
+        rotation-invariant distances may train on it. `within_batch`: the image need only
+        be isometric among one batch's rows (the loss never compares rows of two batches),
+        which is cheaper still; its per-batch `prepare` needs no gradient and no trained
+        weight, so it can run ahead of the training step, for several batches at once."""
         head = self.head
         view_ok = getattr(head, "has_orthonormal_basis", None)
         if view_ok is None or not view_ok() or self.class_gate is not None:
-            return features, self.embed_features
+            return TrainingView(features, None, self.embed_features)
         extra = head.basis.shape[1] + features.shape[1]
         if features.shape[0] * extra * features.element_size() > max_bytes:
-            return features, self.embed_features
+            return TrainingView(features, None, self.embed_features)
 
         def embed(rows: torch.Tensor) -> torch.Tensor:
-            out = head.batch_isometric_forward(rows) if within_batch else head.isometric_forward(rows)
-            return F.normalize(out, dim=1) if self.normalize else out  # norms are kept: same as normalising y
+            return head.isometric_embed(rows, self.normalize)  # norms are kept: same as normalising y
 
-        return head.isometric_inputs(features), embed
+        return TrainingView(head.isometric_inputs(features), head.batch_isometric_inputs if within_batch else None, embed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) → embeddings (B, embedding_dim)."""

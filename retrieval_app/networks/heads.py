@@ -132,8 +132,31 @@ class SubspaceIdentity(nn.Module):
         gradients work on rank + B columns instead of rank + feature_dim. Rows whose
         residuals are linearly dependent (a duplicate image in the batch) have no such
         factor: that batch keeps the whole residual."""
+        return self.isometric_forward(self.batch_isometric_inputs(rows.unsqueeze(0))[0])
+
+    @torch.no_grad()
+    def batch_isometric_inputs(self, batches: torch.Tensor) -> list[torch.Tensor]:
+        """For a stack of batches (C, B, rank + feature_dim) of `isometric_inputs` rows,
+        each batch with its residual block replaced by its Gram factor: what
+        `isometric_forward` takes to give `batch_isometric_forward`. It depends on the
+        rows alone, not on the trained weights, so a training loop can compute it for
+        the next batches while one trains; for a whole stack at once, in a few batched
+        calls (one Gram product, one Cholesky), as a background thread should."""
         rank = self.basis.shape[1]
-        return self._moved_with(rows[:, :rank], _gram_factor(rows[:, rank:]))
+        projected, residual = batches[..., :rank], batches[..., rank:]
+        factors = _gram_factors(residual)
+        if all(f.shape == factors[0].shape for f in factors):
+            return list(torch.cat([projected, torch.stack(factors)], dim=2).unbind(0))
+        return [torch.cat([p, f], dim=1) for p, f in zip(projected, factors)]
+
+    def isometric_embed(self, rows: torch.Tensor, normalize: bool) -> torch.Tensor:
+        """`isometric_forward(rows)`, L2-normalised when `normalize`: what a training step
+        on the view embeds. While training on fixed rows it is one hand-differentiated
+        autograd node (`_IsometricEmbedding`) instead of seven."""
+        if torch.is_grad_enabled() and not rows.requires_grad and (self.delta.requires_grad or self.shift.requires_grad):
+            return _IsometricEmbedding.apply(rows, self.delta, self.shift, float(self.blend), normalize)
+        out = self.isometric_forward(rows)
+        return F.normalize(out, dim=1) if normalize else out
 
     def _moved_with(self, projected: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """[Uᵀy | residual] for projected = Uᵀx: the subspace part moved by the head."""
@@ -150,14 +173,56 @@ class SubspaceIdentity(nn.Module):
         return eye + blend * (self.basis @ self.delta @ self.basis.t()), blend * (self.basis @ self.shift)
 
 
+class _IsometricEmbedding(torch.autograd.Function):
+    """y = [p + b·(pΔᵀ + c) | r] for fixed rows [p | r], optionally u = y / max(‖y‖, ε)
+    (`F.normalize`'s ε), differentiated by hand for Δ and c. A training step on cached
+    features runs this for every batch; as a chain of operations autograd would record
+    seven nodes (product, sum, concatenation, norm, clamp, expand, division), which on a
+    64-row batch cost far more than the arithmetic. Backward: dy = (G − u·⟨u, G⟩)/‖y‖
+    (G/ε where ‖y‖ ≤ ε), then with m = dy's first k columns, dΔ = b·mᵀp and dc = b·Σm."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, delta: torch.Tensor, shift: torch.Tensor, blend: float, normalize: bool) -> torch.Tensor:
+        rank = delta.shape[0]
+        projected = rows[:, :rank]
+        out = rows.clone()
+        out[:, :rank].addmm_(projected, delta.t(), alpha=blend).add_(shift, alpha=blend)
+        norms = None
+        if normalize:
+            norms = out.norm(dim=1, keepdim=True).clamp_min_(_NORMALIZE_EPS)
+            out.div_(norms)
+        ctx.save_for_backward(projected, out, norms)
+        ctx.blend, ctx.rank = blend, rank
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        projected, out, norms = ctx.saved_tensors
+        grad_out = grad
+        if norms is not None:  # through u = y / n: (G − u⟨u, G⟩)/n, no projection where n was clamped
+            along = (out * grad).sum(1, keepdim=True) * (norms > _NORMALIZE_EPS)
+            grad_out = (grad - out * along) / norms
+        moved = grad_out[:, :ctx.rank]
+        grad_delta = (moved.t() @ projected).mul_(ctx.blend) if ctx.needs_input_grad[1] else None
+        grad_shift = moved.sum(0).mul_(ctx.blend) if ctx.needs_input_grad[2] else None
+        return None, grad_delta, grad_shift, None, None
+
+
+_NORMALIZE_EPS = 1e-12  # F.normalize's default
+
+
 @torch.no_grad()
-def _gram_factor(residual: torch.Tensor) -> torch.Tensor:
-    """(B, B) rows with the inner products of `residual`'s rows (L of Gram = L Lᵀ, factored
-    in float64), or `residual` itself when the Gram matrix is singular."""
-    if residual.shape[0] >= residual.shape[1]:  # no fewer columns to gain
-        return residual
-    factor, info = torch.linalg.cholesky_ex((residual @ residual.t()).double())
-    return factor.to(residual.dtype) if int(info) == 0 else residual
+def _gram_factors(residuals: torch.Tensor) -> list[torch.Tensor]:
+    """For each batch of `residuals` (C, B, D): (B, B) rows with the inner products of its
+    rows (L of Gram = L Lᵀ, factored in float64), or the batch itself when its Gram
+    matrix is singular."""
+    if residuals.shape[1] >= residuals.shape[2]:  # no fewer columns to gain
+        return list(residuals.unbind(0))
+    factors, info = torch.linalg.cholesky_ex((residuals @ residuals.transpose(1, 2)).double())
+    factors = factors.to(residuals.dtype).unbind(0)
+    if not bool(info.any()):
+        return list(factors)
+    return [batch if failed else factor for batch, factor, failed in zip(residuals.unbind(0), factors, info.tolist())]
 
 
 IDENTITY_RANK = 128  # dimension of the identity head's trainable subspace

@@ -2,9 +2,11 @@
 
 Everything per step is small (a 64-row batch through one linear map, a 64×64 distance
 matrix), so the loop is built for per-step overhead: features stay in one tensor, valid
-triplets of a P×K batch are cached by the miner, the optimizer is fused where torch has
-one, the work runs on one thread (`threads.py`), and progress is reported a few times a
-second rather than every step. Validation and checkpoints are the caller's business,
+triplets of a P×K batch are cached by the miner, the distance matrix and the margin loss
+are one hand-differentiated autograd node each, the optimizer is torch's fused kernel
+called directly (`lean_adamw.py`), the step runs on one thread (`threads.py`) while a
+second core prepares the next batches (`prefetch.py`), and progress is reported a few
+times a second rather than every step. Validation and checkpoints are the caller's business,
 at steps it chooses (`eval_at`).
 
 Under `torchrun` (a `distributed.Distributed` context) the head trains through a module's
@@ -28,9 +30,12 @@ from ..data.triplets import sample_random_triplets
 from ..errors import RetrievalAppError
 from ..losses import TripletLoss, get_distance
 from ..losses.geometry import GeometryKeeper
+from ..networks.embedding_net import TrainingView
 from .config import TrainConfig
+from .lean_adamw import LeanAdamW
 from ..distributed import Distributed
 from .mining_monitor import MiningMonitor
+from .prefetch import Prefetcher
 
 PROGRESS_INTERVAL_S = 0.2  # how often the loop reports loss and speed
 # Mining statistics are taken every this many steps: typing the ~11,500 valid triplets of
@@ -42,6 +47,7 @@ STATS_EVERY = 16
 # above it (the identity head's view holds ~1.1 × the features) the loop trains on the
 # features themselves, slower per step but without the second copy.
 VIEW_MAX_BYTES = 2 << 30
+CHUNK = 16  # batches prepared together (see `HeadLoop._next_batches`, prefetch.py)
 
 ProgressFn = Callable[["StepStats"], None]
 EvalFn = Callable[[int, float], None]  # (step, elapsed seconds of this run)
@@ -65,9 +71,9 @@ def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Optimi
     params = [p for p in params if p.requires_grad]
     if not params:
         raise RetrievalAppError("nothing to train: the head has no trainable parameters")
-    try:  # the fused CPU kernel halves the optimizer's share of a tiny step
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError):
+    try:  # the fused kernel, called without the general step's upkeep (lean_adamw.py)
+        return LeanAdamW(params, lr=lr, weight_decay=weight_decay)
+    except (RuntimeError, TypeError):  # no fused kernel for these parameters
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
@@ -117,14 +123,19 @@ class HeadLoop:
         self.dist = distributed or Distributed()
         # Random triplets are laid out per batch ([a | p | n]): nothing to mine globally.
         self.gather = self.dist.enabled and config.mining != "random"
-        inputs, embed = features, None
+        view = TrainingView(features, None, None)
         if get_distance(config.distance).rotation_invariant:  # the loss sees the same distances on the view
             # Mining on a batch gathered from every rank compares rows of different batches.
-            inputs, embed = net.training_view(features, max_bytes=VIEW_MAX_BYTES, within_batch=not self.gather)
-        self.features = inputs.contiguous()  # what the batches are gathered from
-        self.model = self.dist.wrap(FeatureForward(net, embed))  # after the head's start is set: DDP copies rank 0's
+            view = net.training_view(features, max_bytes=VIEW_MAX_BYTES, within_batch=not self.gather)
+        self.features = view.inputs.contiguous()  # what the batches are gathered from
+        self._prepare = view.prepare
+        self.model = self.dist.wrap(FeatureForward(net, view.embed))  # after the head's start is set: DDP copies rank 0's
         self.optimizer = make_optimizer(net.head.parameters(), lr, config.weight_decay)
-        self.batches = batch_indices(labels.cpu(), config, seed, rank=self.dist.rank, world_size=self.dist.world_size)
+        self._trained = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self._optimizer_step = getattr(self.optimizer, "fast_step", self.optimizer.step)
+        self._indices = batch_indices(labels.cpu(), config, seed, rank=self.dist.rank, world_size=self.dist.world_size)
+        # a second core prepares the next batches (not under torchrun: every rank has its cores' share)
+        self.batches = Prefetcher(self._next_batches, enabled=None if features.device.type == "cpu" and not self.dist.enabled else False)
         self.loss_fn = TripletLoss(config.mining, margin=config.margin, distance=config.distance, reduction=config.reduction)
         self.monitor = MiningMonitor(self.loss_fn, every=STATS_EVERY)
         # The batch rows are the backbone's features (or an isometric image of them, the
@@ -132,17 +143,15 @@ class HeadLoop:
         self.keeper = GeometryKeeper(config.keep_geometry, config.distance) if config.keep_geometry > 0 else None
         self.steps = 0
         self.images = 0
-        self._rows: torch.Tensor | None = None  # the batch's feature rows, reused every step
 
-    def _gather(self, index: torch.Tensor) -> torch.Tensor:
-        """The batch's feature rows, copied into one buffer reused every step:
-        `features[index]` allocates a fresh tensor each time, which on a tiny step costs
-        several times the copy itself. (The previous step's graph, the only holder of the
-        buffer's old rows, is freed by its `backward` before this runs.)"""
-        shape = (len(index), self.features.shape[1])
-        if self._rows is None or self._rows.shape != shape:
-            self._rows = self.features.new_empty(shape)
-        return torch.index_select(self.features, 0, index, out=self._rows)
+    def _next_batches(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(index, labels, rows) of the next `CHUNK` batches, rows prepared for the model.
+        They depend on nothing the training step changes, so they can be made ahead
+        (`Prefetcher`), and are made together: a few large calls, not many small ones."""
+        index = torch.stack([next(self._indices) for _ in range(CHUNK)])
+        rows = self.features[index]  # (CHUNK, batch, columns)
+        prepared = rows.unbind(0) if self._prepare is None else self._prepare(rows)
+        return list(zip(index.unbind(0), self.labels[index].unbind(0), prepared))
 
     def run(self, *, steps: int | None = None, deadline: float | None = None, eval_at: Callable[[int, float], bool] | None = None,
             on_eval: EvalFn | None = None, on_progress: ProgressFn | None = None, stop=None) -> int:
@@ -152,6 +161,13 @@ class HeadLoop:
         `TrainingStopped` when cancelled. Returns the steps done in this run."""
         if steps is None and deadline is None:
             raise ValueError("give steps, a deadline or both")
+        self.batches.start()
+        try:
+            return self._run(steps, deadline, eval_at, on_eval, on_progress, stop)
+        finally:
+            self.batches.pause()
+
+    def _run(self, steps, deadline, eval_at, on_eval, on_progress, stop) -> int:
         started = time.monotonic()
         target = self.steps + steps if steps is not None else math.inf
         last_report, losses, actives = started, [], []
@@ -189,9 +205,8 @@ class HeadLoop:
         return self.dist.agree(code)
 
     def step(self) -> tuple[torch.Tensor, float]:
-        index = next(self.batches)
-        rows = self._gather(index)
-        local_embeddings, local_labels = self.model(rows), self.labels[index]
+        index, local_labels, rows = next(self.batches)
+        local_embeddings = self.model(rows)
         embeddings, labels, scale = local_embeddings, local_labels, 1.0
         if self.gather:  # mine on the global batch; see distributed.py for the scale
             embeddings, labels = self.dist.gather_batch(embeddings, labels)
@@ -201,9 +216,10 @@ class HeadLoop:
         if self.keeper is not None:  # on this rank's rows: the term needs no other rank's
             backbone = F.normalize(rows, dim=1) if self.net.normalize else rows
             total = total + self.keeper(local_embeddings, backbone, local_labels)
-        self.optimizer.zero_grad(set_to_none=True)
+        for param in self._trained:  # zero_grad(set_to_none=True) without its per-call upkeep
+            param.grad = None
         total.backward()
-        self.optimizer.step()
+        self._optimizer_step()
         self.monitor.observe(out, out.active_fraction)
         self.steps += 1
         self.images += len(index)
