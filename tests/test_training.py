@@ -251,6 +251,23 @@ def test_resume_continues_from_last_epoch(shapes_folder, tmp_path):
     assert [row["epoch"] for row in result.history] == [0, 1, 2, 3, 4]
 
 
+def test_a_resumed_run_goes_on_along_the_learning_rate_curve(shapes_folder, tmp_path, monkeypatch):
+    import retrieval_app.training.trainer as trainer_module
+    from retrieval_app.training.schedule import along, resumed_start
+
+    assert resumed_start(2, 4) == 0.5 and resumed_start(2, None) == 0.0 and resumed_start(0, 4) == 0.0
+    assert along(0.5, 0.0) == 0.5 and along(0.5, 1.0) == 1.0 and along(0.0, 0.3) == 0.3
+    settings = dict(backbone="small_cnn", mode="full", dim=8, batch_size=12, patience=None)
+    Trainer(quick_config(shapes_folder, tmp_path / "r", epochs=2, **settings)).run()
+    fractions = []
+    follow = trainer_module.follow_schedule
+    monkeypatch.setattr(trainer_module, "follow_schedule", lambda optimizer, fraction: (fractions.append(fraction), follow(optimizer, fraction)))
+    Trainer(quick_config(shapes_folder, tmp_path / "r", epochs=4, resume=True, **settings)).run()
+    # epochs 3 and 4 of 4: the second half of the curve, not the whole curve again
+    assert 0.5 < fractions[0] < 0.6 and fractions[-1] == pytest.approx(1.0)
+    assert fractions == sorted(fractions)
+
+
 def test_full_mode_decays_the_learning_rate_over_a_run_with_a_known_end(shapes_folder, tmp_path):
     from retrieval_app.training.schedule import FLOOR, cosine_factor
 

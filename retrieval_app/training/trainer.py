@@ -53,7 +53,7 @@ from .events import EventCallback, TrainEvent, ignore_event
 from .head_loop import CANCELLED, GO_ON, PROGRESS_INTERVAL_S, STOP, TrainingStopped
 from .mining_monitor import MiningMonitor
 from .progress import PassProgress, ProgressClock
-from .schedule import follow as follow_schedule, remember_base_rates
+from .schedule import along, follow as follow_schedule, remember_base_rates, resumed_start
 from .quick import FeatureTable, QuickProtocol, head_net_factory
 from .sources import FullSource, extract_features
 from .unlabelled import MIN_IMAGES as MIN_VIEW_IMAGES, ViewProtocol, describe_sets, view_table
@@ -245,6 +245,8 @@ class Trainer:
         steps_per_epoch = source.steps_per_epoch()
         bounded_steps = None if total_epochs >= 10**6 else (total_epochs - max(start_epoch, 1) + 1) * steps_per_epoch
         clock = ProgressClock(bounded_steps, cfg.time_budget)
+        # a resumed run goes on along the first run's learning-rate curve (schedule.py)
+        self._curve_start = 0.0 if resumed is None else resumed_start(start_epoch - 1, None if bounded_steps is None else total_epochs)
         if resumed is None:
             if self.dist.is_main:
                 start = self._validate(net, source, epoch=0, train_stats={})
@@ -379,7 +381,7 @@ class Trainer:
             scaler.update()
             clock.tick(len(labels))
             if cfg.lr_decay:
-                follow_schedule(optimizer, clock.fraction())
+                follow_schedule(optimizer, along(self._curve_start, clock.fraction()))
             losses.append(float(loss.detach()))
             actives.append(float(active))
             data: dict[str, Any] = {"inactive_steps": monitor.inactive_steps, "stage": f"epoch {epoch}"}
