@@ -187,24 +187,30 @@ class _IsometricEmbedding(torch.autograd.Function):
         projected = rows[:, :rank]
         out = rows.clone()
         out[:, :rank].addmm_(projected, delta.t(), alpha=blend).add_(shift, alpha=blend)
-        norms = None
+        projecting, inverse_norms = None, None
         if normalize:
-            norms = out.norm(dim=1, keepdim=True).clamp_min_(_NORMALIZE_EPS)
-            out.div_(norms)
-        ctx.save_for_backward(projected, out, norms)
+            norms = out.norm(dim=1, keepdim=True)
+            unclamped = norms > _NORMALIZE_EPS
+            inverse_norms = norms.clamp_min_(_NORMALIZE_EPS).reciprocal_()
+            out.mul_(inverse_norms)
+            projecting = out * unclamped  # rows whose norm was clamped pass the gradient straight
+        ctx.save_for_backward(projected, projecting, inverse_norms)
         ctx.blend, ctx.rank = blend, rank
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        projected, out, norms = ctx.saved_tensors
+        projected, projecting, inverse_norms = ctx.saved_tensors
         grad_out = grad
-        if norms is not None:  # through u = y / n: (G − u⟨u, G⟩)/n, no projection where n was clamped
-            along = (out * grad).sum(1, keepdim=True) * (norms > _NORMALIZE_EPS)
-            grad_out = (grad - out * along) / norms
+        if inverse_norms is not None:  # through u = y / n: (G − u⟨u, G⟩)/n
+            along = torch.linalg.vecdot(projecting, grad).unsqueeze(1)
+            grad_out = torch.addcmul(grad, projecting, along, value=-1.0).mul_(inverse_norms)
         moved = grad_out[:, :ctx.rank]
-        grad_delta = (moved.t() @ projected).mul_(ctx.blend) if ctx.needs_input_grad[1] else None
-        grad_shift = moved.sum(0).mul_(ctx.blend) if ctx.needs_input_grad[2] else None
+        grad_delta = grad_shift = None
+        if ctx.needs_input_grad[1]:
+            grad_delta = moved.t() @ projected if ctx.blend == 1.0 else (moved.t() @ projected).mul_(ctx.blend)
+        if ctx.needs_input_grad[2]:
+            grad_shift = moved.sum(0) if ctx.blend == 1.0 else moved.sum(0).mul_(ctx.blend)
         return None, grad_delta, grad_shift, None, None
 
 
