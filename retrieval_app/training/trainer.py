@@ -246,7 +246,7 @@ class Trainer:
         bounded_steps = None if total_epochs >= 10**6 else (total_epochs - max(start_epoch, 1) + 1) * steps_per_epoch
         clock = ProgressClock(bounded_steps, cfg.time_budget)
         # a resumed run goes on along the first run's learning-rate curve (schedule.py)
-        self._curve_start = 0.0 if resumed is None else resumed_start(start_epoch - 1, None if bounded_steps is None else total_epochs)
+        curve_start = 0.0 if resumed is None else resumed_start(start_epoch - 1, None if bounded_steps is None else total_epochs)
         if resumed is None:
             if self.dist.is_main:
                 start = self._validate(net, source, epoch=0, train_stats={})
@@ -261,7 +261,7 @@ class Trainer:
         with workload_threads(network_workload(net.spec.input_size)):
             for epoch in range(start_epoch, total_epochs + 1):
                 self._note(f"training epoch {epoch}")  # a cancel here stops at the epoch's first batch
-                train_stats = self._train_epoch(model, source, loss_fn, monitor, optimizer, epoch, clock)
+                train_stats = self._train_epoch(model, source, loss_fn, monitor, optimizer, epoch, clock, curve_start)
                 if train_stats.get("cancelled"):
                     stopped_because = "cancelled"
                     break
@@ -348,7 +348,7 @@ class Trainer:
         return state
 
     # ------------------------------------------------------------ training
-    def _train_epoch(self, model, source, loss_fn, monitor: MiningMonitor, optimizer, epoch: int, clock: ProgressClock) -> dict[str, Any]:
+    def _train_epoch(self, model, source, loss_fn, monitor: MiningMonitor, optimizer, epoch: int, clock: ProgressClock, curve_start: float = 0.0) -> dict[str, Any]:
         """One epoch through `model` (the network, or DDP around it)."""
         cfg = self.config
         model.train()
@@ -381,7 +381,7 @@ class Trainer:
             scaler.update()
             clock.tick(len(labels))
             if cfg.lr_decay:
-                follow_schedule(optimizer, along(self._curve_start, clock.fraction()))
+                follow_schedule(optimizer, along(curve_start, clock.fraction()))
             losses.append(float(loss.detach()))
             actives.append(float(active))
             data: dict[str, Any] = {"inactive_steps": monitor.inactive_steps, "stage": f"epoch {epoch}"}
