@@ -139,7 +139,7 @@ def app_default(records, features: torch.Tensor, base, budget: float, overrides:
     chosen = outcome.dial.chosen
     gate = outcome.dial.gate
     info = {
-        "gate_weight": gate["weight"] if gate else None, "gate": gate,
+        "gate_weight": gate["weight"] if gate else None, "gate_familiarity": gate["familiarity"] if gate else None, "gate": gate,
         "refit_steps": outcome.refit_steps, "blend": outcome.blend,
         "estimate_yours": gate["seen"] if gate else (chosen.seen if chosen else outcome.dial.baseline_seen),
         "estimate_new": gate["unseen"] if gate else (chosen.unseen if chosen else outcome.dial.baseline_unseen),
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
 
         heads.IDENTITY_RANK = args.subspace
     rows = []
-    print(f"{'dataset':8} {'split':6} {'budget':>6} | {'backbone':>8} {'reference':>9} {'app':>6} {'app−ref':>7} | ref steps  app steps blend  gate  app estimate yours/new", flush=True)
+    print(f"{'dataset':8} {'split':6} {'budget':>6} | {'backbone':>8} {'reference':>9} {'app':>6} {'app−ref':>7} | ref steps  app steps blend   gate  app estimate yours/new", flush=True)
     for dataset in args.datasets:
         folder = caltech_folder() if dataset == "caltech" else fashion_folder(args.fashion_per_class)
         records, features, base = load_features(folder)
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
                 rows.append(row)
                 est = f"{_f(app_info['estimate_yours'])}/{_f(app_info['estimate_new'])}"
                 print(f"{dataset:8} {split_kind:6} {budget:6.0f} | {backbone:8.4f} {ref_score:9.4f} {app_score:6.4f} {app_score - ref_score:+7.4f} | "
-                      f"{ref_info['steps']:9d} {app_info['refit_steps']:10d} {_f(app_info['blend']):>5} {_f(app_info['gate_weight']):>5}  {est}", flush=True)
+                      f"{ref_info['steps']:9d} {app_info['refit_steps']:10d} {_f(app_info['blend']):>5} {_gate(app_info):>6}  {est}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
@@ -204,6 +204,11 @@ def _value(text: str):
         except ValueError:
             pass
     return {"none": None, "true": True, "false": False}.get(text.lower(), text)
+
+
+def _gate(info: dict) -> str:
+    """The kept gate's weight and kind of familiarity (c: class means, n: nearest images), or -."""
+    return "-" if info["gate_weight"] is None else f"{info['gate_weight']:g} {info['gate_familiarity'][0]}"
 
 
 def _f(value) -> str:

@@ -145,7 +145,7 @@ def dial_table(dial) -> str:
         lines.append(f"    {point.blend:4.2f}      {_fmt(point.seen)}         {_fmt(point.unseen)}{mark}")
     gate = dial.gate
     if gate is not None:
-        lines.append(f"  + gate      {_fmt(gate['seen'])}         {_fmt(gate['unseen'])}  (class gate, weight {gate['weight']:g}, at blend {gate['blend']:.2f})")
+        lines.append(f"  + gate      {_fmt(gate['seen'])}         {_fmt(gate['unseen'])}  (class gate, weight {gate['weight']:g}, familiarity from {gate.get('familiarity', 'class means')}, at blend {gate['blend']:.2f})")
     return "\n".join(lines)
 
 

@@ -18,15 +18,17 @@ an image x with backbone features f is
   on frozen pretrained features classifies new images of the trained classes better than
   class means in a triplet-trained head's space (caltech101_dev, half the images of
   each class: 95 % correct, 0.56 s to fit on one thread; see the README);
-- s(x) in [0, 1]: how familiar x looks - a sigmoid of its backbone features' best cosine
-  similarity to a class mean, around a threshold. An image of a class the user never
+- s(x) in [0, 1]: how familiar x looks - a sigmoid of its backbone features' similarity
+  to the user's training images (familiarity.py: to the nearest class mean, or to the
+  5th nearest training image), around a threshold. An image of a class the user never
   trained on scores low, gets s ≈ 0 and so keeps (up to one scale shared by all such
   images) the distances its base embedding had.
 
-`weight`, `threshold` and `softness` are chosen on class folds (training/gate_selection.py):
-among the settings that make no fold's held-out classes worse than the bare backbone, the
-best over both of the folds' held-out sets. The gate reads backbone features only, never the
-head, so queries never touch the head's `blend` (the app answers several at once)."""
+`weight`, `threshold`, `softness` and the kind of familiarity are chosen on class folds
+(training/gate_selection.py): among the settings that make no fold's held-out classes
+worse than the bare backbone, the best over both of the folds' held-out sets. The gate
+reads backbone features only, never the head, so queries never touch the head's `blend`
+(the app answers several at once)."""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from .familiarity import DEFAULT_FAMILIARITY, FAMILIARITY_KINDS, familiarity, fit_references
 
 # The probe sees unit features times this: unit vectors alone make logits too small for
 # a few hundred steps of Adam to separate a hundred classes.
@@ -54,23 +57,33 @@ class ClassGate(nn.Module):
     """See the module docstring. Build it with `fit_class_gate`, or empty (to load a
     checkpoint into) with `ClassGate(feature_dim, n_classes)`."""
 
-    def __init__(self, feature_dim: int, n_classes: int) -> None:
+    def __init__(self, feature_dim: int, n_classes: int, n_references: int | None = None) -> None:
         super().__init__()
         if n_classes < 2:
             raise ModelError(f"a class gate needs at least 2 classes, got {n_classes}")
         self.probe = nn.Linear(feature_dim, n_classes)
-        self.register_buffer("familiar_means", torch.zeros(n_classes, feature_dim))  # unit rows, backbone space
+        # familiarity.py: unit rows in backbone space (default: one per class, the class means)
+        self.register_buffer("references", torch.zeros(n_references or n_classes, feature_dim))
+        self.register_buffer("reference_rank", torch.ones((), dtype=torch.long))
         self.register_buffer("weight", torch.zeros(()))
         self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("softness", torch.ones(()))
 
     @property
     def n_classes(self) -> int:
-        return self.familiar_means.shape[0]
+        return self.probe.out_features
 
     def familiarity(self, features: torch.Tensor) -> torch.Tensor:
-        """(N,) best cosine similarity of each image's backbone features to a class mean."""
-        return (F.normalize(features, dim=1) @ self.familiar_means.t()).max(dim=1).values
+        return familiarity(features, self.references, int(self.reference_rank))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Models saved before the familiarity kinds kept their class means under another
+        # name and had no rank (1): the same familiarity, so they load unchanged.
+        old = prefix + "familiar_means"
+        if old in state_dict and prefix + "references" not in state_dict:
+            state_dict[prefix + "references"] = state_dict.pop(old)
+            state_dict.setdefault(prefix + "reference_rank", torch.ones((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def class_logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.probe(F.normalize(features, dim=1) * PROBE_INPUT_SCALE)
@@ -84,7 +97,7 @@ class ClassGate(nn.Module):
                                weight=float(self.weight), threshold=float(self.threshold), softness=float(self.softness))
 
     def config(self) -> dict:
-        return {"n_classes": self.n_classes, "kind": GATE_KIND}
+        return {"n_classes": self.n_classes, "n_references": int(self.references.shape[0]), "kind": GATE_KIND}
 
     def settings(self) -> dict[str, float]:
         return {"weight": float(self.weight), "threshold": float(self.threshold), "softness": float(self.softness)}
@@ -106,9 +119,9 @@ def gated_embedding(base: torch.Tensor, familiarity: torch.Tensor, probabilities
     return torch.cat([F.normalize(base, dim=1), (weight * openness) * probabilities], dim=1)
 
 
-def empty_class_gate(net, n_classes: int) -> ClassGate:
+def empty_class_gate(net, n_classes: int, n_references: int | None = None) -> ClassGate:
     """A gate shaped for `net`'s backbone features (what a checkpoint's weights load into)."""
-    return ClassGate(net.spec.feature_dim, int(n_classes))
+    return ClassGate(net.spec.feature_dim, int(n_classes), int(n_references) if n_references else None)
 
 
 def with_class_gate_from_config(net, config: dict):
@@ -118,13 +131,13 @@ def with_class_gate_from_config(net, config: dict):
         return net
     if gate.get("kind") != GATE_KIND:
         raise ModelError("this model was saved with an earlier version of the class gate, which this version cannot load: train it again")
-    return net.attach_class_gate(empty_class_gate(net, gate["n_classes"]))
+    return net.attach_class_gate(empty_class_gate(net, gate["n_classes"], gate.get("n_references")))
 
 
-def fit_class_gate(features: torch.Tensor, labels: torch.Tensor, *, seed: int = 0) -> ClassGate:
-    """A gate from the training images' backbone `features` and `labels`: class means
-    (familiarity) and the linear probe (class probabilities). Its settings start at
-    weight 0 (no effect) until `set_settings`."""
+def fit_class_gate(features: torch.Tensor, labels: torch.Tensor, *, seed: int = 0, familiarity_kind: str = DEFAULT_FAMILIARITY) -> ClassGate:
+    """A gate from the training images' backbone `features` and `labels`: reference
+    points of `familiarity_kind` (familiarity.py) and the linear probe (class
+    probabilities). Its settings start at weight 0 (no effect) until `set_settings`."""
     labels = torch.as_tensor(labels)
     classes = labels.unique(sorted=True)
     if len(classes) < 2:
@@ -132,12 +145,12 @@ def fit_class_gate(features: torch.Tensor, labels: torch.Tensor, *, seed: int = 
     features = features.float()
     targets = torch.searchsorted(classes, labels)
     generator = torch.Generator().manual_seed(seed)
+    references = fit_references(familiarity_kind, features, targets, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        gate = ClassGate(features.shape[1], len(classes)).to(features.device)
-    with torch.no_grad():  # class sums by index_add_: a one-hot (N, C) matrix would not fit 100k images × 1k classes
-        sums = torch.zeros_like(gate.familiar_means).index_add_(0, targets, F.normalize(features, dim=1))
-        gate.familiar_means.copy_(F.normalize(sums, dim=1))
+        gate = ClassGate(features.shape[1], len(classes), len(references)).to(features.device)
+    gate.references.copy_(references)
+    gate.reference_rank.fill_(FAMILIARITY_KINDS[familiarity_kind].rank)
     _train_probe(gate, features, targets, generator)
     gate.eval()
     return gate

@@ -14,7 +14,9 @@ worse than the ungated model in every fold", refused every gate on caltech101_de
 split, 0.715 vs 0.823 MAP@R there; see the README's fine-tuning section.) Thresholds are
 quantiles of the familiarity of held-out images of trained classes (familiarity scales
 differ a lot between folders: 0.5-0.7 on photos, 0.75-0.9 on Fashion-MNIST), and the
-softness an eighth of its 10-90 % range."""
+softness an eighth of its 10-90 % range. The kind of familiarity
+(`networks/familiarity.py`) is chosen the same way, with the weight and threshold: each
+kind has its own scale, so its own thresholds; a tie goes to the kind listed first."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..networks.class_gate import gated_embedding
+from ..networks.familiarity import DEFAULT_FAMILIARITY
 
 # Steps of about √2: on caltech101_dev the safe limit lay between ½ and 1.
 GATE_WEIGHTS = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)
@@ -47,7 +50,7 @@ class FoldGateParts:
     """One fold's validation set, as the gate sees it."""
 
     base: torch.Tensor  # head output at the kept blend
-    familiarity: torch.Tensor  # (N,)
+    familiarity: dict[str, torch.Tensor]  # kind of familiarity (networks/familiarity.py) -> (N,)
     probabilities: torch.Tensor  # (N, n_classes of the fold)
     labels: torch.Tensor
 
@@ -62,6 +65,7 @@ class GateChoice:
     unseen_worst_gain: float  # min over folds of unseen − that fold's bare backbone
     seen_without: float  # the same model without the gate
     unseen_without: float
+    familiarity: str = DEFAULT_FAMILIARITY
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,18 +79,13 @@ def choose_gate(folds: Sequence[dict[str, FoldGateParts]], backbone_unseen: Sequ
     """The best safe gate for `folds` (each {"val_seen": parts, "val_unseen": parts}),
     or None when no candidate gains on the seen classes without a loss on unseen ones.
     `backbone_unseen`: each fold's bare-backbone MAP@R on its held-out classes."""
-    seen_familiarity = torch.cat([fold["val_seen"].familiarity for fold in folds])
-    if len(seen_familiarity) < 2:
-        return None
-    low, high = (float(v) for v in torch.quantile(seen_familiarity.double(), torch.tensor([0.1, 0.9], dtype=torch.float64)))
-    softness = max((high - low) / 8.0, 1e-3)
 
-    def measure(weight: float, threshold: float) -> tuple[float, float, float, list[float]] | None:
+    def measure(weight: float, threshold: float, softness: float, kind: str) -> tuple[float, float, float, list[float]] | None:
         seen, unseen, gains = [], [], []
         for fold, backbone in zip(folds, backbone_unseen):
             values = {}
             for name, parts in fold.items():
-                embedded = gated_embedding(parts.base, parts.familiarity, parts.probabilities, weight=weight, threshold=threshold, softness=softness)
+                embedded = gated_embedding(parts.base, parts.familiarity[kind], parts.probabilities, weight=weight, threshold=threshold, softness=softness)
                 values[name] = score(F.normalize(embedded, dim=1) if normalize else embedded, parts.labels)
             if values.get("val_seen") is None or values.get("val_unseen") is None:
                 return None
@@ -95,18 +94,26 @@ def choose_gate(folds: Sequence[dict[str, FoldGateParts]], backbone_unseen: Sequ
             gains.append(values["val_unseen"] - backbone)
         return float(np.mean(seen)), float(np.mean(unseen)), float(min(gains)), unseen
 
-    without = measure(0.0, 0.0)
+    kinds = list(folds[0]["val_seen"].familiarity) if folds else []
+    without = measure(0.0, 0.0, 1.0, kinds[0]) if kinds else None  # weight 0: the familiarity does not matter
     if without is None:
         return None
     best: GateChoice | None = None
-    for quantile in GATE_QUANTILES:
-        threshold = OPEN_THRESHOLD if quantile is None else float(torch.quantile(seen_familiarity.double(), quantile))
-        for weight in GATE_WEIGHTS:
-            measured = measure(weight, threshold)
-            if measured is None or any(value < backbone for value, backbone in zip(measured[3], backbone_unseen)):
-                continue  # worse than the bare backbone on some fold's unseen classes
-            if np.mean(measured[3]) < np.mean(without[3]):
-                continue  # costs the unseen classes on average
-            if measured[0] > without[0] and (best is None or measured[0] + measured[1] > best.seen + best.unseen):
-                best = GateChoice(weight, threshold, softness, *measured[:3], seen_without=without[0], unseen_without=without[1])
+    for kind in kinds:
+        seen_familiarity = torch.cat([fold["val_seen"].familiarity[kind] for fold in folds])
+        if len(seen_familiarity) < 2:
+            return None
+        low, high = (float(v) for v in torch.quantile(seen_familiarity.double(), torch.tensor([0.1, 0.9], dtype=torch.float64)))
+        softness = max((high - low) / 8.0, 1e-3)
+        for quantile in GATE_QUANTILES:
+            threshold = OPEN_THRESHOLD if quantile is None else float(torch.quantile(seen_familiarity.double(), quantile))
+            for weight in GATE_WEIGHTS:
+                measured = measure(weight, threshold, softness, kind)
+                if measured is None or any(value < backbone for value, backbone in zip(measured[3], backbone_unseen)):
+                    continue  # worse than the bare backbone on some fold's unseen classes
+                if np.mean(measured[3]) < np.mean(without[3]):
+                    continue  # costs the unseen classes on average
+                if measured[0] > without[0] and (best is None or measured[0] + measured[1] > best.seen + best.unseen):
+                    best = GateChoice(weight, threshold, softness, *measured[:3], seen_without=without[0], unseen_without=without[1],
+                                      familiarity=kind)
     return best

@@ -34,6 +34,7 @@ from ..data.split import Split, split_records
 from ..distributed import Distributed
 from ..metrics import retrieval_metrics
 from ..networks.class_gate import fit_class_gate
+from ..networks.familiarity import FAMILIARITY_KINDS, familiarity, fit_references
 from ..networks.heads import get_head_spec, is_blendable
 from ..threads import workload_threads
 from .callbacks import StopRequest
@@ -385,21 +386,25 @@ class QuickProtocol:
         net.head.load_state_dict(self.snapshots[(number, step)])
         net.eval()
         train = self.table.rows(fold.train)
-        gate = fit_class_gate(self.table.features[train], self.table.labels[train], seed=self.config.seed + number)
+        features, labels = self.table.features[train], self.table.labels[train]
+        gate = fit_class_gate(features, labels, seed=self.config.seed + number)
+        targets = torch.searchsorted(labels.unique(sorted=True), labels)
+        references = {kind: fit_references(kind, features, targets, seed=self.config.seed + number) for kind in FAMILIARITY_KINDS}
         net.set_blend(blend)
         out = {}
         for name in VALIDATION_SETS:
             rows = self.table.rows(getattr(fold, name))
-            features = self.table.features[rows]
-            out[name] = FoldGateParts(net.head(features), gate.familiarity(features), gate.class_probabilities(features), self.table.labels[rows])
+            held_out = self.table.features[rows]
+            out[name] = FoldGateParts(net.head(held_out), {kind: familiarity(held_out, points, FAMILIARITY_KINDS[kind].rank) for kind, points in references.items()},
+                                      gate.class_probabilities(held_out), self.table.labels[rows])
         return out
 
     @torch.no_grad()
     def _attach_gate(self, net, choice: GateChoice) -> None:
-        gate = fit_class_gate(self.table.features, self.table.labels, seed=self.config.seed)
+        gate = fit_class_gate(self.table.features, self.table.labels, seed=self.config.seed, familiarity_kind=choice.familiarity)
         gate.set_settings(weight=choice.weight, threshold=choice.threshold, softness=choice.softness)
         net.attach_class_gate(gate.to(self.table.features.device))
-        self._phase(f"class gate kept: weight {choice.weight:g}, estimated MAP@R on your classes {choice.seen_without:.3f} → {choice.seen:.3f}, on new classes {choice.unseen_without:.3f} → {choice.unseen:.3f}")
+        self._phase(f"class gate kept: weight {choice.weight:g}, familiarity from {choice.familiarity}, estimated MAP@R on your classes {choice.seen_without:.3f} → {choice.seen:.3f}, on new classes {choice.unseen_without:.3f} → {choice.unseen:.3f}")
 
     # ------------------------------------------------------------- 3. refit
     def _refit(self, steps: int) -> torch.nn.Module:
