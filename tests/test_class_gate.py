@@ -260,3 +260,14 @@ def test_the_kind_of_familiarity_that_tells_new_classes_apart_is_chosen():
     swapped = [{name: FoldGateParts(p.base, {"class means": p.familiarity["nearest images"], "nearest images": p.familiarity["class means"]}, p.probabilities, p.labels)
                 for name, p in fold.items()} for fold in folds]
     assert choose_gate(swapped, backbone, map_at_r).familiarity == "class means"
+
+
+def test_familiarity_in_blocks_equals_it_at_once(monkeypatch):
+    import retrieval_app.networks.familiarity as familiarity_module
+
+    features, labels = clustered(5, 12, seed=11)
+    references = fit_references("nearest images", features, labels)
+    whole = familiarity(features, references, 5)
+    monkeypatch.setattr(familiarity_module, "SIMILARITY_BLOCK", 7 * len(references))  # 7 rows at a time
+    assert torch.allclose(familiarity(features, references, 5), whole, atol=1e-6)
+    assert familiarity(features[:0], references, 5).shape == (0,)

@@ -77,9 +77,18 @@ def fit_references(kind: str, features: torch.Tensor, targets: torch.Tensor, *, 
     return FAMILIARITY_KINDS[kind].references(F.normalize(features.float(), dim=1), targets, seed)
 
 
+# Similarities computed at once at most (64 MB of float32): 100k images against 8,192
+# reference images would otherwise need a 3 GB matrix.
+SIMILARITY_BLOCK = 1 << 24
+
+
 def familiarity(features: torch.Tensor, references: torch.Tensor, rank: int) -> torch.Tensor:
     """(N,) cosine similarity of each image's backbone features to its `rank`-th most
     similar reference point (the last one when there are fewer)."""
-    similarity = F.normalize(features, dim=1) @ references.t()
-    rank = min(int(rank), similarity.shape[1])
-    return similarity.max(dim=1).values if rank == 1 else similarity.topk(rank, dim=1).values[:, -1]
+    rank = min(int(rank), len(references))
+    rows = max(1, SIMILARITY_BLOCK // max(1, len(references)))
+    out = []
+    for start in range(0, len(features), rows):
+        similarity = F.normalize(features[start:start + rows], dim=1) @ references.t()
+        out.append(similarity.max(dim=1).values if rank == 1 else similarity.topk(rank, dim=1).values[:, -1])
+    return torch.cat(out) if out else features.new_zeros(0)
