@@ -395,7 +395,19 @@ def test_the_cli_shows_the_class_gate_and_can_leave_it_out(fashion_folder, tmp_p
     assert main(["train", str(fashion_folder), "--out", str(tmp_path / "gated"), *common]) == 0
     printed = capsys.readouterr().out
     assert "+ gate" in printed and "class gate" in printed
-    assert any(key.startswith("class_gate.") for key in load_checkpoint(tmp_path / "gated")["state_dict"])
+    gated = load_checkpoint(tmp_path / "gated")
+    assert any(key.startswith("class_gate.") for key in gated["state_dict"])
+    # the gate is fitted with the kind of familiarity the folds chose, as printed
+    from retrieval_app.networks.familiarity import FAMILIARITY_KINDS
+
+    kind = gated["dial"]["gate"]["familiarity"]
+    assert f"familiarity from {kind}" in printed
+    references, rank = gated["state_dict"]["class_gate.references"], int(gated["state_dict"]["class_gate.reference_rank"])
+    assert rank == FAMILIARITY_KINDS[kind].rank
+    n_classes = gated["config"]["class_gate"]["n_classes"]
+    from retrieval_app.data import scan_folder
+
+    assert len(references) == (n_classes if kind == "class means" else len(scan_folder(fashion_folder).records))
 
     assert main(["train", str(fashion_folder), "--out", str(tmp_path / "plain"), "--no-class-gate", *common]) == 0
     printed = capsys.readouterr().out
