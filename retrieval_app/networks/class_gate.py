@@ -139,13 +139,12 @@ def fit_class_gate(features: torch.Tensor, labels: torch.Tensor, *, seed: int = 
     points of `familiarity_kind` (familiarity.py) and the linear probe (class
     probabilities). Its settings start at weight 0 (no effect) until `set_settings`."""
     labels = torch.as_tensor(labels)
-    classes = labels.unique(sorted=True)
+    classes, targets = labels.unique(sorted=True, return_inverse=True)
     if len(classes) < 2:
         raise ModelError("a class gate needs images of at least 2 classes")
     features = features.float()
-    targets = torch.searchsorted(classes, labels)
     generator = torch.Generator().manual_seed(seed)
-    references = fit_references(familiarity_kind, features, targets, seed=seed)
+    references = fit_references(familiarity_kind, features, labels, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gate = ClassGate(features.shape[1], len(classes), len(references)).to(features.device)

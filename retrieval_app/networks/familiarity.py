@@ -71,9 +71,10 @@ FAMILIARITY_KINDS: dict[str, FamiliarityKind] = {
 DEFAULT_FAMILIARITY = "class means"  # what a gate without a recorded kind used
 
 
-def fit_references(kind: str, features: torch.Tensor, targets: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
-    """(M, D) unit reference points of `kind` from training `features` and their `targets`
-    (0..C-1)."""
+def fit_references(kind: str, features: torch.Tensor, labels: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+    """(M, D) unit reference points of `kind` from training `features` and their integer
+    `labels` (any values; classes in sorted order)."""
+    targets = torch.as_tensor(labels).unique(sorted=True, return_inverse=True)[1]
     return FAMILIARITY_KINDS[kind].references(F.normalize(features.float(), dim=1), targets, seed)
 
 

@@ -106,6 +106,8 @@ def choose_gate(folds: Sequence[dict[str, FoldGateParts]], backbone_unseen: Sequ
         low, high = (float(v) for v in torch.quantile(seen_familiarity.double(), torch.tensor([0.1, 0.9], dtype=torch.float64)))
         softness = max((high - low) / 8.0, 1e-3)
         for quantile in GATE_QUANTILES:
+            if quantile is None and kind != kinds[0]:
+                continue  # a gate open for every image ignores familiarity: measured with the first kind
             threshold = OPEN_THRESHOLD if quantile is None else float(torch.quantile(seen_familiarity.double(), quantile))
             for weight in GATE_WEIGHTS:
                 measured = measure(weight, threshold, softness, kind)

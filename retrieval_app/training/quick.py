@@ -388,8 +388,7 @@ class QuickProtocol:
         train = self.table.rows(fold.train)
         features, labels = self.table.features[train], self.table.labels[train]
         gate = fit_class_gate(features, labels, seed=self.config.seed + number)
-        targets = torch.searchsorted(labels.unique(sorted=True), labels)
-        references = {kind: fit_references(kind, features, targets, seed=self.config.seed + number) for kind in FAMILIARITY_KINDS}
+        references = {kind: fit_references(kind, features, labels, seed=self.config.seed + number) for kind in FAMILIARITY_KINDS}
         net.set_blend(blend)
         out = {}
         for name in VALIDATION_SETS:
