@@ -203,6 +203,103 @@ def test_a_distance_an_isometry_does_not_keep_trains_on_the_features():
     assert loop.features.shape == features.shape
 
 
+# ---------------------------------------------------------------- steps in closed form
+def loop_for(head: str, features, labels, *, closed_form: bool = True, **settings) -> HeadLoop:
+    torch.manual_seed(0)
+    net = create_model("efficientnet_lite0", head=head, dim=16, pretrained=False)
+    if head != "mlp":
+        init_from_features(net.head, features)
+    config = TrainConfig(folder="unused", out_dir="unused", batch_size=16, samples_per_class=4, seed=0, **settings)
+    loop = HeadLoop(net, features, labels, config, lr=1e-2, seed=3)
+    if not closed_form:  # what every step did before: autograd through the view and the loss
+        loop._embed_with_backward = None
+    return loop
+
+
+@pytest.mark.parametrize("head", ["identity", "linear"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_steps_in_closed_form_follow_the_autograd_trajectory(head, reduction):
+    features, labels = feature_table(classes=20)
+    # a wide margin: the well-separated classes still give active triplets
+    fast, plain = (loop_for(head, features, labels, closed_form=flag, reduction=reduction, margin=1.0) for flag in (True, False))
+    losses = [[float(loop.step()[0]) for _ in range(25)] for loop in (fast, plain)]
+    assert fast.closed_form_steps == 25 and plain.closed_form_steps == 0
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4, abs=1e-5) and losses[0][0] > 0
+    for trained, reference in zip(fast.net.head.parameters(), plain.net.head.parameters()):
+        assert torch.allclose(trained, reference, atol=1e-5)
+    start = loop_for(head, features, labels).net.head.parameters()
+    moved = sum(float((p.detach() - q.detach()).abs().max()) for p, q in zip(plain.net.head.parameters(), start))
+    assert moved > 1e-3  # it did train: equal parameters are not equal starts
+
+
+def test_quick_modes_default_steps_are_taken_in_closed_form():
+    features, labels = feature_table()
+    loop = loop_for("identity", features, labels)
+    loop.run(steps=CHUNK + 3)
+    assert loop.closed_form_steps == CHUNK + 3
+    assert loop.monitor.inactive_steps >= 0 and loop.monitor.window() is not None  # the diagnostics still see the batches
+
+
+@pytest.mark.parametrize("settings", [{"mining": "batch_hard"}, {"distance": "cosine"}, {"keep_geometry": 0.5}])
+def test_steps_without_a_closed_form_go_through_autograd(settings):
+    features, labels = feature_table()
+    loop = loop_for("identity", features, labels, **settings)
+    loop.run(steps=5)
+    assert loop.steps == 5 and loop.closed_form_steps == 0 and float(loop.net.head.delta.detach().abs().max()) > 0
+    mlp = loop_for("mlp", features, labels)
+    mlp.run(steps=3)
+    assert mlp.closed_form_steps == 0
+
+
+def test_the_losss_closed_form_equals_autograd_also_where_points_coincide():
+    generator = torch.Generator().manual_seed(1)
+    embeddings = torch.nn.functional.normalize(torch.randn(16, 8, generator=generator), dim=1)
+    embeddings[5] = embeddings[4]  # a duplicate: distance exactly 0, the safe square root's case
+    embeddings[9] = embeddings[0]  # ... also across classes
+    labels = pk_labels(4, 4)
+    for reduction in ("mean", "sum"):
+        loss_fn = TripletLoss("batch_all", margin=0.5, reduction=reduction)
+        out, grad = loss_fn.closed_form(embeddings, labels)
+        leaf = embeddings.clone().requires_grad_(True)
+        reference = loss_fn(leaf, labels)
+        reference.loss.backward()
+        assert torch.isfinite(grad).all() and float(grad.abs().max()) > 0
+        assert torch.allclose(grad, leaf.grad, atol=1e-6)
+        assert float(out.loss) == pytest.approx(float(reference.loss.detach()), abs=1e-6)
+        assert out.active_fraction == reference.active_fraction and out.n_triplets == reference.n_triplets
+        assert torch.equal(out.distances, reference.distances)
+
+
+def test_the_losss_closed_form_declines_what_it_does_not_write_out():
+    embeddings = torch.randn(9, 4)
+    uneven = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])  # no grid
+    assert TripletLoss("batch_all").closed_form(embeddings, uneven) is None
+    even = pk_labels(3, 3)
+    assert TripletLoss("batch_all").closed_form(embeddings, even) is not None
+    assert TripletLoss("batch_hard").closed_form(embeddings, even) is None
+    assert TripletLoss("batch_all", distance="cosine").closed_form(embeddings, even) is None
+    assert not TripletLoss("semi_hard").has_closed_form and TripletLoss().has_closed_form
+
+
+@pytest.mark.parametrize("blend", [1.0, 0.4])
+def test_the_linear_heads_closed_form_sets_autograds_gradients(blend):
+    features, _ = feature_table()
+    head = make_head("linear", FEATURE_DIM, 16)
+    init_from_features(head, features)
+    with torch.no_grad():
+        head.weight.add_(0.01 * torch.randn_like(head.weight))  # trained away from its start
+    set_blend(head, blend)
+    rows, upstream = features[:10], torch.randn(10, 16)
+    out, set_gradients = head.embed_with_backward(rows, True)
+    set_gradients(upstream)
+    fast = head.weight.grad.clone(), head.bias.grad.clone()
+    head.weight.grad = head.bias.grad = None
+    reference = torch.nn.functional.normalize(head(rows), dim=1)
+    (reference * upstream).sum().backward()
+    assert torch.allclose(out, reference, atol=1e-6)
+    assert torch.allclose(fast[0], head.weight.grad, atol=1e-6) and torch.allclose(fast[1], head.bias.grad, atol=1e-6)
+
+
 # ---------------------------------------------------------------- batches made ahead
 def test_batches_are_made_in_chunks_of_gathered_rows():
     features, labels = feature_table()

@@ -100,8 +100,8 @@ def euclidean_matrix(x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch
 
 
 class _EuclideanSelfMatrix(torch.autograd.Function):
-    """`safe_sqrt(squared_euclidean_matrix(x))` (computed by `torch.cdist`, with the
-    same exact zeros) differentiated by hand. As a chain of
+    """`safe_sqrt(squared_euclidean_matrix(x))` (the same trick in fewer operations, with
+    the same exact zeros) differentiated by hand. As a chain of
     operations autograd records about ten nodes and replays twice as many operations
     backward, which on a small training step (64 rows) costs far more than the
     arithmetic. D_ij = sqrt(s_ij), s_ij = ‖x_i‖² + ‖x_j‖² − 2⟨x_i, x_j⟩, so
@@ -110,22 +110,41 @@ class _EuclideanSelfMatrix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        with _full_precision(x.device):
-            rows = _upcast(x)
-            distances = torch.cdist(rows, rows)  # one call: the matrix-product trick beyond 25 rows
-        distances.fill_diagonal_(0.0)
-        distances.masked_fill_(distances <= SQRT_EPS ** 0.5, 0.0)  # safe_sqrt's zeros: s ≤ SQRT_EPS
+        distances = euclidean_self_matrix(x)
         ctx.save_for_backward(x, distances)
         return distances
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        x, distances = ctx.saved_tensors
-        with _full_precision(x.device):
-            rows = x.to(distances.dtype)
-            weights = torch.where(distances > 0, grad / distances, 0.0)  # safe_sqrt's gradient is 0 at 0
-            weights = weights + weights.t()
-            return torch.addmm(weights.sum(1, keepdim=True) * rows, weights, rows, alpha=-1.0).to(x.dtype)
+        return euclidean_self_matrix_backward(*ctx.saved_tensors, grad)
+
+
+def euclidean_self_matrix(x: torch.Tensor) -> torch.Tensor:
+    """The (N, N) Euclidean distances among the rows of `x`, with `safe_sqrt`'s exact
+    zeros, no autograd: the forward half of `_EuclideanSelfMatrix`."""
+    with _full_precision(x.device):
+        rows = _upcast(x)
+        gram = rows @ rows.t()
+        norms = gram.diagonal()  # from the same product: a row and its duplicate give exactly 0
+        squared = torch.add(norms.unsqueeze(0), norms.unsqueeze(1)).sub_(gram, alpha=2.0)
+    distances = F.threshold_(squared, SQRT_EPS, 0.0).sqrt_()  # safe_sqrt's zeros: s ≤ SQRT_EPS (and rounding's s < 0)
+    distances.fill_diagonal_(0.0)
+    return distances
+
+
+def euclidean_self_matrix_backward(x: torch.Tensor, distances: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """∂loss/∂x from ∂loss/∂distances for `distances = euclidean_self_matrix(x)` (see
+    `_EuclideanSelfMatrix`)."""
+    with _full_precision(x.device):
+        rows = x.to(distances.dtype)
+        weights = torch.where(distances > 0, grad / distances, 0.0)  # safe_sqrt's gradient is 0 at 0
+        weights = weights + weights.t()
+        return torch.addmm(weights.sum(1, keepdim=True) * rows, weights, rows, alpha=-1.0).to(x.dtype)
+
+
+def _euclidean_self_closed_form(x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    distances = euclidean_self_matrix(x)
+    return distances, lambda grad: euclidean_self_matrix_backward(x, distances, grad)
 
 
 def cosine_matrix(x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -182,6 +201,10 @@ class Distance:
     # Unchanged when both points are mapped by the same isometry (a rotation, or the
     # identity head's isometric view): what lets training run on such a view.
     rotation_invariant: bool = False
+    # x ↦ (the batch's own distance matrix, a function from ∂loss/∂matrix to ∂loss/∂x),
+    # without autograd: what a training step computed in closed form takes
+    # (`TripletLoss.closed_form`). None: such steps go through autograd.
+    self_matrix_with_backward: Optional[Callable[[torch.Tensor], tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]]] = None
 
     def paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Distances between matching rows of `a` and `b` (both (N, D)) → (N,)."""
@@ -205,7 +228,7 @@ def _linf_matrix(x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Ten
 DISTANCES: dict[str, Distance] = {
     d.name: d
     for d in (
-        Distance("euclidean", euclidean_distance, euclidean_matrix, rotation_invariant=True),
+        Distance("euclidean", euclidean_distance, euclidean_matrix, rotation_invariant=True, self_matrix_with_backward=_euclidean_self_closed_form),
         Distance("squared_euclidean", squared_euclidean_distance, squared_euclidean_matrix, rotation_invariant=True),
         Distance("cosine", cosine_distance, cosine_matrix, rotation_invariant=True),
         Distance("linf", linf_distance, _linf_matrix),

@@ -12,35 +12,59 @@ gradients too, up to rounding (tests compare both)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .miners import TripletGrid
 from .triplet import margin_violation
 
 
+class GridSaved(NamedTuple):
+    """What `grid_margin_backward` needs of a `grid_margin_forward`."""
+
+    weights: torch.Tensor  # (N, P, Q): 1.0 for the triplets with a positive loss, else 0.0
+    grid: TripletGrid
+    scale: float  # ∂loss/∂(sum of the triplets' losses)
+    shape: torch.Size  # of the distance matrix
+
+
 class _GridMarginLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, matrix: torch.Tensor, grid: TripletGrid, margin: float, mean: bool):
-        per_triplet = margin_violation(*grid.pair_distances(matrix), margin)
-        active = per_triplet > 0
-        n_active = active.sum()
-        count = int(n_active)
-        divide = mean and count > 0  # the mean over active triplets; none active: the (zero) sum
-        ctx.save_for_backward(active, grid.positives, grid.negatives)
-        ctx.scale, ctx.shape = 1.0 / count if divide else 1.0, matrix.shape
-        flat = per_triplet.reshape(-1)
+        loss, flat, n_active, saved = grid_margin_forward(matrix, grid, margin, mean)
+        ctx.save_for_backward(saved.weights)
+        ctx.saved = saved._replace(weights=None)
         ctx.mark_non_differentiable(flat, n_active)
-        total = per_triplet.sum()
-        return total / count if divide else total, flat, n_active
+        return loss, flat, n_active
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, _grad_per_triplet, _grad_count):
-        active, positives, negatives = ctx.saved_tensors
-        weights = active.to(grad_loss.dtype) * (grad_loss * ctx.scale)
-        grad = grad_loss.new_zeros(ctx.shape)
-        grad.scatter_add_(1, positives, weights.sum(2))
-        grad.scatter_add_(1, negatives, -weights.sum(1))
-        return grad, None, None, None
+        (weights,) = ctx.saved_tensors
+        return grid_margin_backward(ctx.saved._replace(weights=weights), grad_loss), None, None, None
+
+
+def grid_margin_forward(matrix: torch.Tensor, grid: TripletGrid, margin: float, mean: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, GridSaved]:
+    """(loss, per-triplet losses flattened, active count as a tensor, what the backward
+    needs) of the grid's triplets of distance `matrix`, without autograd: the forward half
+    of `_GridMarginLoss`."""
+    per_triplet = margin_violation(*grid.pair_distances(matrix), margin)
+    weights = per_triplet.sign()  # the losses are ≥ 0: 1 where active, 0 elsewhere
+    n_active = weights.sum()
+    count = int(n_active)
+    divide = mean and count > 0  # the mean over active triplets; none active: the (zero) sum
+    total = per_triplet.sum()
+    loss = total / count if divide else total
+    return loss, per_triplet.reshape(-1), n_active, GridSaved(weights, grid, 1.0 / count if divide else 1.0, matrix.shape)
+
+
+def grid_margin_backward(saved: GridSaved, grad_loss: torch.Tensor | None = None) -> torch.Tensor:
+    """∂loss/∂matrix (times `grad_loss` when given) for a `grid_margin_forward` (see the
+    module)."""
+    grad = saved.weights.new_zeros(saved.shape)
+    grad.scatter_add_(1, saved.grid.positives, saved.weights.sum(2))
+    grad.scatter_add_(1, saved.grid.negatives, saved.weights.sum(1).neg_())
+    return grad.mul_(saved.scale if grad_loss is None else grad_loss * saved.scale)
 
 
 def grid_margin_loss(matrix: torch.Tensor, grid: TripletGrid, margin: float, reduction: str) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -36,8 +36,9 @@ from .miners import (
     negative_pair_mask,
     positive_pair_mask,
     valid_triplet_mask,
+    valid_triplets,
 )
-from .grid_loss import grid_margin_loss
+from .grid_loss import grid_margin_backward, grid_margin_forward, grid_margin_loss
 from .reducers import LossOutput, get_reducer, reduce_triplet_losses
 from .statistics import TripletStatistics, sums_of_gaps, triplet_gaps
 from .triplet import check_reduction, margin_violation
@@ -132,6 +133,30 @@ class TripletLoss(nn.Module):
         if triplets is None:
             triplets, grid = self.miner.mine_with_grid(matrix, labels, ref_labels)
         return _loss_from_matrix(matrix, triplets, self.margin, self.reduction, embeddings, labels, ref_labels, grid)
+
+    @property
+    def has_closed_form(self) -> bool:
+        """Whether `closed_form` can give this loss's gradient (for P×K batches)."""
+        return self.mining == "batch_all" and self.distance.self_matrix_with_backward is not None
+
+    def closed_form(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[LossOutput, torch.Tensor] | None:
+        """The loss of a batch against itself together with ∂loss/∂embeddings, computed
+        without autograd, or None where that is not written out: only batch-all mining
+        on a batch whose triplets form a grid (a P×K batch), with a distance that has a
+        closed-form self matrix (`Distance.self_matrix_with_backward`: euclidean). The
+        same arithmetic as `forward` then `backward` (its nodes are these functions), so
+        the same numbers, at a fraction of a small step's cost: no graph is recorded or
+        replayed (see training/head_loop.py)."""
+        if not self.has_closed_form:
+            return None
+        valid = valid_triplets(labels)
+        grid = valid.grid
+        if grid is None or not (grid.positives.numel() and grid.negatives.numel()):
+            return None
+        matrix, matrix_backward = self.distance.self_matrix_with_backward(embeddings)
+        loss, per_triplet, n_active, saved = grid_margin_forward(matrix, grid, self.margin, self.reduction == "mean")
+        out = LossOutput(loss, int(n_active) / per_triplet.numel(), per_triplet.numel(), per_triplet, valid.flat, matrix, labels, None)
+        return out, matrix_backward(grid_margin_backward(saved))
 
     def valid_gaps(self, out: LossOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """d(a, p) and d(a, n) of every valid triplet of the batch (not only the mined

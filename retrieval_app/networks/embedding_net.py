@@ -39,11 +39,15 @@ class ModelSpec:
 class TrainingView(NamedTuple):
     """What `EmbeddingNet.training_view` gives: a batch of `inputs` rows is embedded as
     `embed(rows)`, after `prepare` when there is one; `prepare` takes a stack of batches
-    (C, B, columns) and gives the C prepared batches."""
+    (C, B, columns) and gives the C prepared batches. `embed_with_backward`, where the
+    view has one, embeds without autograd and returns with the embeddings a function that
+    sets the head's gradients from ∂loss/∂embeddings (a step in closed form, see
+    training/head_loop.py)."""
 
     inputs: torch.Tensor
     prepare: Callable[[torch.Tensor], list[torch.Tensor]] | None
     embed: Callable[[torch.Tensor], torch.Tensor]
+    embed_with_backward: Callable[[torch.Tensor], tuple[torch.Tensor, Callable[[torch.Tensor], None]]] | None = None
 
 
 class EmbeddingNet(nn.Module):
@@ -102,17 +106,29 @@ class EmbeddingNet(nn.Module):
         which is cheaper still; its per-batch `prepare` needs no gradient and no trained
         weight, so it can run ahead of the training step, for several batches at once."""
         head = self.head
+        plain = TrainingView(features, None, self.embed_features, self._head_embed_with_backward())
         view_ok = getattr(head, "has_orthonormal_basis", None)
         if view_ok is None or not view_ok() or self.class_gate is not None:
-            return TrainingView(features, None, self.embed_features)
+            return plain
         extra = head.basis.shape[1] + features.shape[1]
         if features.shape[0] * extra * features.element_size() > max_bytes:
-            return TrainingView(features, None, self.embed_features)
+            return plain
 
         def embed(rows: torch.Tensor) -> torch.Tensor:
             return head.isometric_embed(rows, self.normalize)  # norms are kept: same as normalising y
 
-        return TrainingView(head.isometric_inputs(features), head.batch_isometric_inputs if within_batch else None, embed)
+        def embed_with_backward(rows: torch.Tensor):
+            return head.isometric_embed_with_backward(rows, self.normalize)
+
+        return TrainingView(head.isometric_inputs(features), head.batch_isometric_inputs if within_batch else None, embed, embed_with_backward)
+
+    def _head_embed_with_backward(self) -> Callable | None:
+        """`embed_features` in closed form (see `TrainingView`), for a head that writes
+        one out (`embed_with_backward`), without a class gate."""
+        method = getattr(self.head, "embed_with_backward", None)
+        if method is None or self.class_gate is not None:
+            return None
+        return lambda rows: method(rows, self.normalize)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) → embeddings (B, embedding_dim)."""

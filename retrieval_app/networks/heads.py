@@ -22,7 +22,7 @@ the user picks one (the specialise ↔ generalise dial)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,26 @@ class BlendableLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.effective_weights()
         return F.linear(x, weight, bias)
+
+    @torch.no_grad()
+    def embed_with_backward(self, x: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, Callable[[torch.Tensor], None]]:
+        """The head's output (L2-normalised when `normalize`) without autograd, and a
+        function that takes ∂loss/∂output and sets the gradients of the weight and bias
+        (`.grad`, replaced): a training step in closed form (training/head_loop.py)."""
+        weight, bias = self.effective_weights()
+        blend = float(self.blend)
+        out, unit = torch.addmm(bias, x, weight.t()), None
+        if normalize:
+            out, unit = unit_rows(out)
+
+        def set_gradients(grad: torch.Tensor) -> None:
+            grad_out = grad if unit is None else unit_rows_backward(unit, grad)
+            if blend != 1.0:  # effective = start + blend · (trained − start)
+                grad_out = grad_out * blend
+            self.weight.grad = grad_out.t() @ x if self.weight.requires_grad else None
+            self.bias.grad = grad_out.sum(0) if self.bias.requires_grad else None
+
+        return out, set_gradients
 
 
 class SubspaceIdentity(nn.Module):
@@ -158,6 +178,19 @@ class SubspaceIdentity(nn.Module):
         out = self.isometric_forward(rows)
         return F.normalize(out, dim=1) if normalize else out
 
+    @torch.no_grad()
+    def isometric_embed_with_backward(self, rows: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, Callable[[torch.Tensor], None]]:
+        """`isometric_embed(rows, normalize)` without autograd, and a function that takes
+        ∂loss/∂embeddings and sets the gradients of Δ and c (`.grad`, replaced, not
+        accumulated): what a training step computed in closed form calls (the same
+        arithmetic as the autograd node's)."""
+        out, saved = isometric_embed_forward(rows, self.delta, self.shift, float(self.blend), normalize)
+
+        def set_gradients(grad: torch.Tensor) -> None:
+            self.delta.grad, self.shift.grad = isometric_embed_backward(saved, grad, self.delta.requires_grad, self.shift.requires_grad)
+
+        return out, set_gradients
+
     def _moved_with(self, projected: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """[Uᵀy | residual] for projected = Uᵀx: the subspace part moved by the head."""
         inner = torch.addmm(self.shift, projected, self.delta.t())
@@ -183,35 +216,71 @@ class _IsometricEmbedding(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rows: torch.Tensor, delta: torch.Tensor, shift: torch.Tensor, blend: float, normalize: bool) -> torch.Tensor:
-        rank = delta.shape[0]
-        projected = rows[:, :rank]
-        out = rows.clone()
-        out[:, :rank].addmm_(projected, delta.t(), alpha=blend).add_(shift, alpha=blend)
-        projecting, inverse_norms = None, None
-        if normalize:
-            norms = out.norm(dim=1, keepdim=True)
-            unclamped = norms > _NORMALIZE_EPS
-            inverse_norms = norms.clamp_min_(_NORMALIZE_EPS).reciprocal_()
-            out.mul_(inverse_norms)
-            projecting = out * unclamped  # rows whose norm was clamped pass the gradient straight
-        ctx.save_for_backward(projected, projecting, inverse_norms)
-        ctx.blend, ctx.rank = blend, rank
+        out, saved = isometric_embed_forward(rows, delta, shift, blend, normalize)
+        ctx.save_for_backward(saved.projected, *(saved.unit or (None, None)))
+        ctx.blend, ctx.rank = saved.blend, saved.rank
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         projected, projecting, inverse_norms = ctx.saved_tensors
-        grad_out = grad
-        if inverse_norms is not None:  # through u = y / n: (G − u⟨u, G⟩)/n
-            along = torch.linalg.vecdot(projecting, grad).unsqueeze(1)
-            grad_out = torch.addcmul(grad, projecting, along, value=-1.0).mul_(inverse_norms)
-        moved = grad_out[:, :ctx.rank]
-        grad_delta = grad_shift = None
-        if ctx.needs_input_grad[1]:
-            grad_delta = moved.t() @ projected if ctx.blend == 1.0 else (moved.t() @ projected).mul_(ctx.blend)
-        if ctx.needs_input_grad[2]:
-            grad_shift = moved.sum(0) if ctx.blend == 1.0 else moved.sum(0).mul_(ctx.blend)
+        saved = _EmbedSaved(projected, None if inverse_norms is None else _UnitRows(projecting, inverse_norms), ctx.blend, ctx.rank)
+        grad_delta, grad_shift = isometric_embed_backward(saved, grad, ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         return None, grad_delta, grad_shift, None, None
+
+
+class _UnitRows(NamedTuple):
+    """What `unit_rows_backward` needs of a `unit_rows`."""
+
+    projecting: torch.Tensor  # u, zero in rows whose norm was clamped
+    inverse_norms: torch.Tensor  # 1 / max(‖y‖, ε), (B, 1)
+
+
+def unit_rows(out: torch.Tensor) -> tuple[torch.Tensor, _UnitRows]:
+    """`F.normalize(out, dim=1)` in place, without autograd, and what its backward needs."""
+    norms = torch.linalg.vector_norm(out, dim=1, keepdim=True)
+    unclamped = norms > _NORMALIZE_EPS
+    inverse_norms = norms.clamp_min_(_NORMALIZE_EPS).reciprocal_()
+    out.mul_(inverse_norms)
+    return out, _UnitRows(out * unclamped, inverse_norms)  # rows whose norm was clamped pass the gradient straight
+
+
+def unit_rows_backward(saved: _UnitRows, grad: torch.Tensor) -> torch.Tensor:
+    """∂loss/∂y from ∂loss/∂u for u = y / max(‖y‖, ε): (G − u⟨u, G⟩)/‖y‖, G/ε where ‖y‖ ≤ ε."""
+    along = torch.linalg.vecdot(saved.projecting, grad).unsqueeze(1)
+    return torch.addcmul(grad, saved.projecting, along, value=-1.0).mul_(saved.inverse_norms)
+
+
+class _EmbedSaved(NamedTuple):
+    projected: torch.Tensor  # the rows' first `rank` columns, p
+    unit: _UnitRows | None  # None: not normalised
+    blend: float
+    rank: int
+
+
+def isometric_embed_forward(rows: torch.Tensor, delta: torch.Tensor, shift: torch.Tensor, blend: float, normalize: bool) -> tuple[torch.Tensor, _EmbedSaved]:
+    """The forward half of `_IsometricEmbedding`, without autograd: (u, what its backward needs)."""
+    rank = delta.shape[0]
+    projected = rows[:, :rank]
+    out = rows.clone()
+    out[:, :rank].addmm_(projected, delta.t(), alpha=blend).add_(shift, alpha=blend)
+    unit = None
+    if normalize:
+        out, unit = unit_rows(out)
+    return out, _EmbedSaved(projected, unit, blend, rank)
+
+
+def isometric_embed_backward(saved: _EmbedSaved, grad: torch.Tensor, need_delta: bool = True, need_shift: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(∂loss/∂Δ, ∂loss/∂c) from ∂loss/∂u (see `_IsometricEmbedding`)."""
+    grad_out = grad if saved.unit is None else unit_rows_backward(saved.unit, grad)
+    moved = grad_out[:, :saved.rank]
+    blend = saved.blend
+    grad_delta = grad_shift = None
+    if need_delta:
+        grad_delta = moved.t() @ saved.projected if blend == 1.0 else (moved.t() @ saved.projected).mul_(blend)
+    if need_shift:
+        grad_shift = moved.sum(0) if blend == 1.0 else moved.sum(0).mul_(blend)
+    return grad_delta, grad_shift
 
 
 _NORMALIZE_EPS = 1e-12  # F.normalize's default

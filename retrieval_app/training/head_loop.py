@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..data.sampler import PKSampler
 from ..data.triplets import sample_random_triplets
 from ..errors import RetrievalAppError
-from ..losses import TripletLoss, get_distance
+from ..losses import LossOutput, TripletLoss, get_distance
 from ..losses.geometry import GeometryKeeper
 from ..networks.embedding_net import TrainingView
 from .config import TrainConfig
@@ -142,6 +142,11 @@ class HeadLoop:
         # The batch rows are the backbone's features (or an isometric image of them, the
         # view above): normalised as the embeddings are, they are the backbone's embeddings.
         self.keeper = GeometryKeeper(config.keep_geometry, config.distance) if config.keep_geometry > 0 else None
+        # Steps in closed form (no autograd graph) where the view and the loss write one out
+        # and nothing else joins the step: no DDP (it hooks autograd), no geometry term.
+        closed_form_ok = view.embed_with_backward is not None and self.loss_fn.has_closed_form and not self.dist.enabled and self.keeper is None
+        self._embed_with_backward = view.embed_with_backward if closed_form_ok else None
+        self.closed_form_steps = 0  # how many steps took that path (the rest: autograd)
         self.steps = 0
         self.images = 0
 
@@ -208,6 +213,31 @@ class HeadLoop:
 
     def step(self) -> tuple[torch.Tensor, float]:
         index, local_labels, rows = next(self.batches)
+        out = self._closed_form_gradients(rows, local_labels) if self._embed_with_backward is not None else None
+        if out is None:
+            out = self._autograd_gradients(rows, local_labels)
+        self._optimizer_step()
+        self.monitor.observe(out, out.active_fraction)
+        self.steps += 1
+        self.images += len(index)
+        return out.loss.detach(), out.active_fraction
+
+    def _closed_form_gradients(self, rows: torch.Tensor, labels: torch.Tensor) -> LossOutput | None:
+        """Sets the head's gradients for this batch without autograd (the view's and the
+        loss's hand-written backward, chained by hand): on a 64-row step recording and
+        replaying a graph cost about as much as all the arithmetic. None (nothing set)
+        where the loss has no closed form for this batch."""
+        with torch.no_grad():
+            embeddings, set_gradients = self._embed_with_backward(rows)
+            result = self.loss_fn.closed_form(embeddings, labels)
+            if result is None:
+                return None
+            out, grad_embeddings = result
+            set_gradients(grad_embeddings)
+        self.closed_form_steps += 1
+        return out
+
+    def _autograd_gradients(self, rows: torch.Tensor, local_labels: torch.Tensor) -> LossOutput:
         local_embeddings = self.model(rows)
         embeddings, labels, scale = local_embeddings, local_labels, 1.0
         if self.gather:  # mine on the global batch; see distributed.py for the scale
@@ -221,8 +251,4 @@ class HeadLoop:
         for param in self._trained:  # zero_grad(set_to_none=True) without its per-call upkeep
             param.grad = None
         total.backward()
-        self._optimizer_step()
-        self.monitor.observe(out, out.active_fraction)
-        self.steps += 1
-        self.images += len(index)
-        return out.loss.detach(), out.active_fraction
+        return out

@@ -85,7 +85,8 @@ class Prefetcher(Generic[T]):
                 self._thread = None
                 raise error
             item = self._ready.popleft()
-            self._changed.notify_all()
+            if len(self._ready) < self.depth:  # only then has the thread work: no wake-up for nothing
+                self._changed.notify_all()
             return item
 
     def _work(self) -> None:
