@@ -27,6 +27,7 @@ class GridSaved(NamedTuple):
     grid: TripletGrid
     scale: float  # ∂loss/∂(sum of the triplets' losses)
     shape: torch.Size  # of the distance matrix
+    count: int  # active triplets (what `n_active` holds, read once)
 
 
 class _GridMarginLoss(torch.autograd.Function):
@@ -55,7 +56,7 @@ def grid_margin_forward(matrix: torch.Tensor, grid: TripletGrid, margin: float, 
     divide = mean and count > 0  # the mean over active triplets; none active: the (zero) sum
     total = per_triplet.sum()
     loss = total / count if divide else total
-    return loss, per_triplet.reshape(-1), n_active, GridSaved(weights, grid, 1.0 / count if divide else 1.0, matrix.shape)
+    return loss, per_triplet.reshape(-1), n_active, GridSaved(weights, grid, 1.0 / count if divide else 1.0, matrix.shape, count)
 
 
 def grid_margin_backward(saved: GridSaved, grad_loss: torch.Tensor | None = None) -> torch.Tensor:

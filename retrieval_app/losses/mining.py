@@ -154,8 +154,8 @@ class TripletLoss(nn.Module):
         if grid is None or not (grid.positives.numel() and grid.negatives.numel()):
             return None
         matrix, matrix_backward = self.distance.self_matrix_with_backward(embeddings)
-        loss, per_triplet, n_active, saved = grid_margin_forward(matrix, grid, self.margin, self.reduction == "mean")
-        out = LossOutput(loss, int(n_active) / per_triplet.numel(), per_triplet.numel(), per_triplet, valid.flat, matrix, labels, None)
+        loss, per_triplet, _, saved = grid_margin_forward(matrix, grid, self.margin, self.reduction == "mean")
+        out = LossOutput(loss, saved.count / per_triplet.numel(), per_triplet.numel(), per_triplet, valid.flat, matrix, labels, None)
         return out, matrix_backward(grid_margin_backward(saved))
 
     def valid_gaps(self, out: LossOutput) -> tuple[torch.Tensor, torch.Tensor]:
